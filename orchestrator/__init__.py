@@ -1,0 +1,1 @@
+"""Driver side of raydistill: config, CLI, Ray Train / Tune orchestration, data preparation, reports."""

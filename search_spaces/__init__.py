@@ -1,0 +1,1 @@
+"""Named Ray Tune search spaces over raydistill config keys."""

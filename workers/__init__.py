@@ -1,0 +1,1 @@
+"""Everything that runs inside a Ray Train worker. Never imports `orchestrator`."""
