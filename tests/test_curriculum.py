@@ -1,0 +1,131 @@
+"""The curriculum contract (DESIGN.md table) at and around both phase boundaries."""
+
+import math
+import pickle
+
+import pytest
+
+from workers.curriculum import COMPONENTS, CurriculumSchedule
+
+ALPHA = {"ce": 0.3, "kd": 0.7, "feature": 2.0, "attention": 1.5}
+EPS = 1e-6
+
+
+def schedule(p1=0.3, p2=0.6, alpha=None, enabled=True):
+    return CurriculumSchedule(p1, p2, ALPHA if alpha is None else alpha, enabled=enabled)
+
+
+def test_components_order():
+    assert COMPONENTS == ("ce", "kd", "feature", "attention")
+
+
+@pytest.mark.parametrize(
+    "progress, phase, feature, attention",
+    [
+        (0.0, 1, 0.0, 0.0),
+        (0.3 - EPS, 1, 0.0, 0.0),
+        (0.3, 2, 0.0, 0.0),
+        (0.45, 2, 1.0, 0.0),  # midpoint of the ramp: half of alpha_feature=2.0
+        (0.6 - EPS, 2, 2.0 * (0.3 - EPS) / 0.3, 0.0),
+        (0.6, 3, 2.0, 1.5),
+        (1.0, 3, 2.0, 1.5),
+    ],
+)
+def test_weights_at_and_around_boundaries(progress, phase, feature, attention):
+    s = schedule()
+    w = s.weights(progress)
+    assert s.phase(progress) == phase
+    assert list(w) == list(COMPONENTS)
+    assert w["ce"] == 0.3 and w["kd"] == 0.7
+    assert w["feature"] == pytest.approx(feature, abs=1e-12)
+    assert w["attention"] == attention
+    assert all(type(v) is float for v in w.values())
+
+
+def test_feature_ramp_is_linear_and_continuous_into_phase3():
+    s = schedule()
+    ramp = [s.weights(0.3 + 0.3 * k / 10)["feature"] for k in range(10)]
+    assert ramp == pytest.approx([2.0 * k / 10 for k in range(10)])
+    assert s.weights(0.6 - 1e-12)["feature"] == pytest.approx(s.weights(0.6)["feature"], abs=1e-9)
+
+
+def test_equal_boundaries_skip_phase2():
+    s = schedule(0.5, 0.5)
+    assert s.phase(0.5 - EPS) == 1
+    assert s.weights(0.5 - EPS) == {"ce": 0.3, "kd": 0.7, "feature": 0.0, "attention": 0.0}
+    assert s.phase(0.5) == 3
+    assert s.weights(0.5) == ALPHA
+    assert {s.phase(k / 100) for k in range(101)} == {1, 3}
+
+
+def test_phase1_end_zero_starts_in_phase2_or_3():
+    ramp = schedule(0.0, 0.5)
+    assert ramp.phase(0.0) == 2
+    assert ramp.weights(0.0)["feature"] == 0.0
+    assert ramp.weights(0.25)["feature"] == pytest.approx(1.0)
+    straight = schedule(0.0, 0.0)
+    assert straight.phase(0.0) == 3
+    assert straight.weights(0.0) == ALPHA
+
+
+def test_both_boundaries_at_one_reach_phase3_only_at_the_end():
+    s = schedule(1.0, 1.0)
+    assert s.phase(1.0 - EPS) == 1
+    assert s.phase(1.0) == 3
+
+
+def test_disabled_gives_every_alpha_from_the_start():
+    s = schedule(enabled=False)
+    for p in (0.0, 0.3 - EPS, 0.3, 0.45, 0.6, 1.0):
+        assert s.weights(p) == ALPHA
+        assert s.phase(p) == 3
+
+
+def test_pickles_and_compares_by_value():
+    s = schedule()
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone == s
+    assert clone.weights(0.5) == s.weights(0.5)
+    assert clone != schedule(enabled=False)
+
+
+def test_alpha_is_copied_not_aliased():
+    alpha = dict(ALPHA)
+    s = schedule(alpha=alpha)
+    alpha["ce"] = 99.0
+    assert s.weights(0.0)["ce"] == 0.3
+
+
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        ({"p1": -0.1}, ["phase1_end", "-0.1"]),
+        ({"p1": 1.5, "p2": 1.5}, ["phase1_end", "1.5"]),
+        ({"p2": 1.2}, ["phase2_end", "1.2"]),
+        ({"p1": 0.7, "p2": 0.6}, ["phase2_end", "0.6"]),
+        ({"p1": math.nan}, ["phase1_end", "nan"]),
+        ({"p2": math.inf}, ["phase2_end", "inf"]),
+        ({"p1": "soon"}, ["phase1_end", "soon"]),
+        ({"alpha": {**ALPHA, "kd": -1.0}}, ["alpha['kd']", "-1.0"]),
+        ({"alpha": {**ALPHA, "feature": math.inf}}, ["alpha['feature']", "inf"]),
+        ({"alpha": {**ALPHA, "ce": math.nan}}, ["alpha['ce']", "nan"]),
+        ({"alpha": {"ce": 1.0, "kd": 1.0, "feature": 1.0}}, ["alpha", "'attention'"]),
+        ({"alpha": {**ALPHA, "hidden": 1.0}}, ["alpha", "hidden"]),
+        ({"alpha": dict.fromkeys(ALPHA, 0.0)}, ["alpha", "at least one"]),
+        ({"enabled": "yes"}, ["enabled", "yes"]),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(kwargs, names):
+    with pytest.raises(ValueError) as excinfo:
+        schedule(**kwargs)
+    for name in names:
+        assert name in str(excinfo.value)
+
+
+@pytest.mark.parametrize("progress", [-0.01, 1.01, math.nan, math.inf])
+def test_bad_progress_is_refused_by_name(progress):
+    s = schedule()
+    for method in (s.weights, s.phase):
+        with pytest.raises(ValueError, match="progress") as excinfo:
+            method(progress)
+        assert str(progress) in str(excinfo.value)

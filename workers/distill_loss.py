@@ -1,0 +1,351 @@
+"""The curriculum distillation loss: one nn.Module that turns model outputs into a LossBreakdown.
+
+It owns the trained student->teacher projectors (so the caller puts it in the DeepSpeed engine
+next to the student), asks the schedule for the weights at the current progress, computes only
+the components whose weight is > 0 (DESIGN invariant 2), and builds `total` as the sum of the
+scaled parts it reports (invariant 1). The same call serves training and eval (invariant 3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from workers.curriculum import COMPONENTS, CurriculumSchedule
+from workers.losses import FEATURE_NORMS, KD_KINDS, attention_loss, ce_loss, feature_loss, kd_loss
+
+_TEACHER_COMPONENTS = ("kd", "feature", "attention")
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """What the models must return for this step (pass as output_hidden_states / output_attentions)."""
+
+    hidden_states: bool
+    attentions: bool
+
+
+@dataclass
+class LossBreakdown:
+    """One step's loss ledger.
+
+    total: scalar, differentiable; built as the sum of `scaled`, so it equals the logged parts.
+    raw: unweighted value of each computed component (components with weight 0 are absent).
+    weights: the schedule's weight of every component in `COMPONENTS`.
+    scaled: weight * raw of each computed component.
+    num_tokens: unmasked tokens in the batch; weight micro-batches by it to normalise by tokens
+        over a gradient-accumulation window (STYLE 3).
+    """
+
+    total: Tensor
+    raw: dict[str, Tensor] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    scaled: dict[str, Tensor] = field(default_factory=dict)
+    num_tokens: int = 0
+
+    def nonfinite(self) -> list[str]:
+        """Names of computed components whose raw value is NaN or inf, in `COMPONENTS` order."""
+        return [name for name in COMPONENTS if name in self.raw and not bool(torch.isfinite(self.raw[name]))]
+
+    def to_metrics(self, prefix: str = "loss") -> dict[str, float]:
+        """Flat python floats: `{prefix}/total` and raw/weight/scaled of every component (0.0 if not computed)."""
+        metrics = {f"{prefix}/total": float(self.total.detach())}
+        for name in COMPONENTS:
+            raw = self.raw.get(name)
+            scaled = self.scaled.get(name)
+            metrics[f"{prefix}/{name}/raw"] = 0.0 if raw is None else float(raw.detach())
+            metrics[f"{prefix}/{name}/weight"] = float(self.weights.get(name, 0.0))
+            metrics[f"{prefix}/{name}/scaled"] = 0.0 if scaled is None else float(scaled.detach())
+        return metrics
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """TinyBERT-style uniform map over Hugging Face `hidden_states` indices.
+
+    Index 0 is the embedding output and index L is layer L's output. Student layer j (1..S) maps to
+    teacher layer j * T // S, so the last student layer maps to the last teacher layer.
+    Example: S=2, T=4 -> [(1, 2), (2, 4)]; S=3, T=4 -> [(1, 1), (2, 2), (3, 4)].
+    """
+    for name, value in (("student_layers", student_layers), ("teacher_layers", teacher_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if student_layers > teacher_layers:
+        raise ValueError(
+            f"student_layers ({student_layers}) > teacher_layers ({teacher_layers}): a uniform map needs "
+            "a student no deeper than its teacher; pass an explicit layer_map"
+        )
+    return [(j, j * teacher_layers // student_layers) for j in range(1, student_layers + 1)]
+
+
+def _checked_layer_map(layer_map: Any, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    if isinstance(layer_map, str):
+        if layer_map != "auto":
+            raise ValueError(
+                f"layer_map must be 'auto' or a list of [student, teacher] pairs, got {layer_map!r}"
+            )
+        return uniform_layer_map(student_layers, teacher_layers)
+    if not isinstance(layer_map, Sequence) or len(layer_map) == 0:
+        raise ValueError(
+            f"layer_map must be 'auto' or a non-empty list of [student, teacher] pairs, got {layer_map!r}"
+        )
+    pairs = []
+    for pair in layer_map:
+        ok = (
+            isinstance(pair, Sequence)
+            and not isinstance(pair, str)
+            and len(pair) == 2
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+        )
+        if not ok:
+            raise ValueError(f"layer_map pair {pair!r} must be [student_layer, teacher_layer] ints")
+        s, t = pair
+        if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
+            raise ValueError(
+                f"layer_map pair {list(pair)!r} is out of range: hidden_states indices are 0..{student_layers} "
+                f"for the student and 0..{teacher_layers} for the teacher (0 = embeddings)"
+            )
+        pairs.append((s, t))
+    return pairs
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class DistillationLoss(nn.Module):
+    """Curriculum-weighted sum of ce, kd, feature and attention losses.
+
+    Args:
+        schedule: the curriculum (weights as a function of progress).
+        student_hidden_size, teacher_hidden_size: widths H_s, H_t; each projector is Linear(H_s, H_t).
+        student_num_layers, teacher_num_layers: decoder layer counts S, T (hidden_states has S+1 / T+1 entries).
+        layer_map: "auto" (`uniform_layer_map`) or [[student_index, teacher_index], ...] over
+            hidden_states indices (0 = embeddings). Attention uses the pairs with both indices >= 1,
+            taking attentions[index - 1].
+        kd_temperature, kd_kind, jsd_beta: see `workers.losses.kd_loss`.
+        feature_norm: see `workers.losses.feature_loss`.
+        ignore_index: label value excluded from ce.
+    """
+
+    def __init__(
+        self,
+        schedule: CurriculumSchedule,
+        student_hidden_size: int,
+        teacher_hidden_size: int,
+        student_num_layers: int,
+        teacher_num_layers: int,
+        layer_map: str | Sequence[Sequence[int]] = "auto",
+        kd_temperature: float = 2.0,
+        kd_kind: str = "forward_kl",
+        jsd_beta: float = 0.5,
+        feature_norm: str = "layernorm",
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__()
+        student_hidden_size = _positive_int("student_hidden_size", student_hidden_size)
+        teacher_hidden_size = _positive_int("teacher_hidden_size", teacher_hidden_size)
+        student_num_layers = _positive_int("student_num_layers", student_num_layers)
+        teacher_num_layers = _positive_int("teacher_num_layers", teacher_num_layers)
+        if isinstance(kd_temperature, bool) or not (
+            isinstance(kd_temperature, (int, float)) and math.isfinite(kd_temperature) and kd_temperature > 0
+        ):
+            raise ValueError(f"kd_temperature must be finite and > 0, got {kd_temperature!r}")
+        if kd_kind not in KD_KINDS:
+            raise ValueError(f"kd_kind must be one of {list(KD_KINDS)}, got {kd_kind!r}")
+        if not (isinstance(jsd_beta, (int, float)) and 0.0 <= jsd_beta <= 1.0):
+            raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta!r}")
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {list(FEATURE_NORMS)}, got {feature_norm!r}")
+
+        self.layer_map: list[tuple[int, int]] = _checked_layer_map(
+            layer_map, student_num_layers, teacher_num_layers
+        )
+        # attentions[i] is layer i+1's map; the embeddings (index 0) have none.
+        self.attention_pairs: list[tuple[int, int]] = [(s, t) for s, t in self.layer_map if s >= 1 and t >= 1]
+        if schedule.alpha["attention"] > 0 and not self.attention_pairs:
+            raise ValueError(
+                f"layer_map {self.layer_map!r} has no pair with both indices >= 1, "
+                "but alpha['attention'] > 0 needs one (index 0 is the embeddings, which have no attention map)"
+            )
+        self.schedule = schedule
+        self.student_num_layers = student_num_layers
+        self.teacher_num_layers = teacher_num_layers
+        self.kd_temperature = float(kd_temperature)
+        self.kd_kind = kd_kind
+        self.jsd_beta = float(jsd_beta)
+        self.feature_norm = feature_norm
+        self.ignore_index = ignore_index
+        # One trained projection per mapped pair, student width -> teacher width (also when the widths
+        # match: the student's basis need not line up with the teacher's).
+        self.projectors = nn.ModuleList(
+            nn.Linear(student_hidden_size, teacher_hidden_size) for _ in self.layer_map
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        loss_cfg: Mapping[str, Any],
+        curriculum_cfg: Mapping[str, Any],
+        student_hidden_size: int,
+        teacher_hidden_size: int,
+        student_num_layers: int,
+        teacher_num_layers: int,
+    ) -> DistillationLoss:
+        """Build from the `loss` and `curriculum` sections of `Config.to_dict()`.
+
+        The alphas and phase boundaries are required; the other knobs default to `__init__`'s.
+        Unknown keys are refused so a knob added to the config cannot be silently ignored here.
+        """
+        loss_keys = {
+            "alpha_ce",
+            "alpha_kd",
+            "alpha_feature",
+            "alpha_attention",
+            "kd_temperature",
+            "kd_kind",
+            "jsd_beta",
+            "feature_norm",
+            "layer_map",
+            "ignore_index",
+        }
+        _check_keys("loss", loss_cfg, loss_keys, {f"alpha_{name}" for name in COMPONENTS})
+        _check_keys(
+            "curriculum",
+            curriculum_cfg,
+            {"enabled", "phase1_end", "phase2_end"},
+            {"phase1_end", "phase2_end"},
+        )
+        schedule = CurriculumSchedule(
+            phase1_end=curriculum_cfg["phase1_end"],
+            phase2_end=curriculum_cfg["phase2_end"],
+            alpha={name: loss_cfg[f"alpha_{name}"] for name in COMPONENTS},
+            enabled=curriculum_cfg.get("enabled", True),
+        )
+        knobs = {key: loss_cfg[key] for key in loss_keys if key in loss_cfg and not key.startswith("alpha_")}
+        return cls(
+            schedule,
+            student_hidden_size=student_hidden_size,
+            teacher_hidden_size=teacher_hidden_size,
+            student_num_layers=student_num_layers,
+            teacher_num_layers=teacher_num_layers,
+            **knobs,
+        )
+
+    def weights(self, progress: float) -> dict[str, float]:
+        return self.schedule.weights(progress)
+
+    def required_outputs(self, progress: float) -> OutputRequest:
+        """Which optional outputs the models must produce at `progress` (none in phase 1)."""
+        weights = self.weights(progress)
+        return OutputRequest(hidden_states=weights["feature"] > 0, attentions=weights["attention"] > 0)
+
+    def forward(
+        self,
+        student_out: Any,
+        teacher_out: Any | None,
+        labels: Tensor,
+        attention_mask: Tensor | None,
+        progress: float,
+    ) -> LossBreakdown:
+        """Compute the weighted loss at `progress`.
+
+        Args:
+            student_out, teacher_out: Hugging Face CausalLMOutput-like: `.logits` (B, T, V),
+                `.hidden_states` (tuple of L+1 (B, T, H)), `.attentions` (tuple of L (B, heads, T, T)).
+                Only the fields a nonzero component needs are read; teacher_out may be None when
+                ce is the only nonzero component.
+            labels: (B, T) input ids, ignore_index at padding (the caller's job).
+            attention_mask: (B, T), 1 = real token; the token mask of kd, feature and attention.
+            progress: step / total_steps in [0, 1].
+        """
+        weights = self.weights(progress)
+        computed = [name for name in COMPONENTS if weights[name] > 0]
+        if teacher_out is None and any(name in _TEACHER_COMPONENTS for name in computed):
+            raise ValueError(
+                f"teacher_out is None but components {[n for n in computed if n in _TEACHER_COMPONENTS]} "
+                f"have weight > 0 at progress {progress!r}"
+            )
+        mask = None if attention_mask is None else attention_mask.bool()
+
+        raw: dict[str, Tensor] = {}
+        if "ce" in computed:
+            raw["ce"] = ce_loss(student_out.logits, labels, ignore_index=self.ignore_index)
+        if "kd" in computed:
+            raw["kd"] = kd_loss(
+                student_out.logits,
+                teacher_out.logits,
+                self.kd_temperature,
+                mask=mask,
+                kind=self.kd_kind,
+                beta=self.jsd_beta,
+            )
+        if "feature" in computed:
+            raw["feature"] = self._feature(student_out, teacher_out, mask)
+        if "attention" in computed:
+            raw["attention"] = self._attention(student_out, teacher_out, mask)
+
+        scaled = {name: weights[name] * value for name, value in raw.items()}
+        if scaled:
+            total = sum(scaled.values())
+        else:
+            # Every weight is 0 at this progress (e.g. alpha_ce = alpha_kd = 0 in phase 1): a zero
+            # that is still attached to the student's graph, so the caller's backward() works.
+            total = student_out.logits.sum() * 0.0
+        num_tokens = int(mask.sum()) if mask is not None else int(labels.numel())
+        return LossBreakdown(total=total, raw=raw, weights=weights, scaled=scaled, num_tokens=num_tokens)
+
+    def _feature(self, student_out: Any, teacher_out: Any, mask: Tensor | None) -> Tensor:
+        student_hidden = _layer_outputs(
+            student_out, "student_out", "hidden_states", self.student_num_layers + 1
+        )
+        teacher_hidden = _layer_outputs(
+            teacher_out, "teacher_out", "hidden_states", self.teacher_num_layers + 1
+        )
+        per_pair = []
+        for projector, (s, t) in zip(self.projectors, self.layer_map):
+            # Match the projector's dtype (fp32 master copy vs bf16 activations under some engines).
+            projected = projector(student_hidden[s].to(projector.weight.dtype))  # (B, T, Hs) -> (B, T, Ht)
+            per_pair.append(feature_loss(projected, teacher_hidden[t], norm=self.feature_norm, mask=mask))
+        return torch.stack(per_pair).mean()
+
+    def _attention(self, student_out: Any, teacher_out: Any, mask: Tensor | None) -> Tensor:
+        student_attn = _layer_outputs(student_out, "student_out", "attentions", self.student_num_layers)
+        teacher_attn = _layer_outputs(teacher_out, "teacher_out", "attentions", self.teacher_num_layers)
+        per_pair = [
+            attention_loss(student_attn[s - 1], teacher_attn[t - 1], mask) for s, t in self.attention_pairs
+        ]
+        return torch.stack(per_pair).mean()
+
+
+def _layer_outputs(output: Any, who: str, attr: str, expected: int) -> Sequence[Tensor]:
+    values = getattr(output, attr, None)
+    if values is None or len(values) == 0:
+        if attr == "attentions":
+            raise RuntimeError(
+                f"the attention weight is > 0 but {who}.attentions is empty: Hugging Face's sdpa/flash "
+                "attention return no attention maps. Use eager attention "
+                "(model.set_attn_implementation('eager')) and call the model with output_attentions=True"
+            )
+        raise RuntimeError(
+            f"the feature weight is > 0 but {who}.hidden_states is empty: call the model with "
+            "output_hidden_states=True (see DistillationLoss.required_outputs)"
+        )
+    if len(values) != expected:
+        raise RuntimeError(f"{who}.{attr} has {len(values)} entries, expected {expected} for this model")
+    return values
+
+
+def _check_keys(section: str, cfg: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"{section} config has unknown key(s) {unknown}; known: {sorted(allowed)}")
+    missing = sorted(required - set(cfg))
+    if missing:
+        raise ValueError(f"{section} config is missing key(s) {missing}")
