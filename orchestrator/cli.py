@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from orchestrator.errors import UserError
+from orchestrator.errors import RunFailed, UserError
 
 # sub-command -> (module, one-line help). Modules import heavy libraries lazily inside `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"raydistill: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"raydistill: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("raydistill: interrupted", file=sys.stderr)
         return 130

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config key is unknown, has the wrong type, or is out of range. The message names the key."""
+
+
+class RunFailed(Exception):
+    """A run started but failed (a worker error, too many non-finite steps). One line, exit 1."""

@@ -1,0 +1,133 @@
+"""Driver-side telemetry: `metrics.jsonl` in the run dir and one readable console line per report.
+
+`MetricsCallback` is a Ray Train `UserCallback`: it runs in the Train controller after every
+`ray.train.report`, receives rank 0's (already all-reduced) record and appends it to the run's
+metrics.jsonl. After a resume or a worker restart, steps are reported again from the last
+checkpoint; records at or past such a step are dropped from the file first, so every step appears once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+COMPONENTS = ("ce", "kd", "feature", "attention")
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(record: dict[str, Any], eta_s: float | None) -> str:
+    step, total = record["step"], record["max_steps"]
+    parts = " + ".join(
+        f"{c} {_fmt(record.get(f'loss/{c}/scaled', 0.0))}"
+        for c in COMPONENTS
+        if record.get(f"loss/{c}/weight", 0) > 0
+    )
+    line = f"[phase {record['phase']}] step {step}/{total} ({100 * step / total:.0f}%)"
+    if "loss/total" in record:
+        line += f" | loss {_fmt(record['loss/total'])} = {parts}"
+    else:
+        line += " | step skipped (non-finite)"
+    if "eval/ppl" in record:
+        line += (
+            f" | eval ppl {_fmt(record['eval/ppl'])} ratio {_fmt(record.get('eval_train_ratio', math.nan))}"
+        )
+    # Scientific notation: a warm-up lr of 7.96e-6 must not print as 0.00.
+    line += f" | lr {record['lr']:.2e} | {record.get('tokens_per_s', 0):,.0f} tok/s"
+    if record.get("nonfinite_skipped"):
+        line += f" | skipped {record['nonfinite_skipped']}"
+    if eta_s is not None:
+        line += f" | eta {_duration(eta_s)}"
+    return line
+
+
+def phase_announcement(record: dict[str, Any]) -> str:
+    weights = ", ".join(f"{c}={record.get(f'loss/{c}/weight', 0.0):.3g}" for c in COMPONENTS)
+    return f"== phase {record['phase']} begins at step {record['step']} (progress {record['progress']:.2f}): {weights}"
+
+
+def ledger(record: dict[str, Any], prefix: str = "loss") -> str:
+    rows = [f"  {'part':<10} {'raw':>12} {'weight':>8} {'scaled':>12}"]
+    total = 0.0
+    for c in COMPONENTS:
+        raw, weight, scaled = (record.get(f"{prefix}/{c}/{k}", 0.0) for k in ("raw", "weight", "scaled"))
+        total += scaled
+        rows.append(f"  {c:<10} {raw:>12.5g} {weight:>8.3g} {scaled:>12.5g}")
+    rows.append(
+        f"  {'sum':<10} {'':>12} {'':>8} {total:>12.5g}   reported total {record.get(prefix + '/total', 0.0):.5g}"
+    )
+    return "\n".join(rows)
+
+
+class MetricsCallback(UserCallback):
+    def __init__(self, run_dir: str, debug_every: int = 0, echo: bool = True):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.debug_every = debug_every
+        self.echo = echo
+        self._last_phase: int | None = None
+        self._start: tuple[float, int] | None = None
+
+    def _append(self, record: dict[str, Any]) -> None:
+        records = read_metrics(self.path)
+        if records and records[-1]["step"] >= record["step"]:
+            # Replayed after a resume: keep only what came before this step.
+            kept = [r for r in records if r["step"] < record["step"]]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            records = kept
+        if self._last_phase is None and records:
+            self._last_phase = records[-1]["phase"]
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if not metrics:
+            return
+        record = {k: v for k, v in metrics[0].items() if not k.startswith("_")}
+        if "step" not in record:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._append(record)
+        if not self.echo:
+            return
+        now = time.monotonic()
+        if self._start is None:
+            self._start = (now, record["step"])
+        t0, s0 = self._start
+        done = record["step"] - s0
+        eta = (now - t0) / done * (record["max_steps"] - record["step"]) if done > 0 else None
+        if record["phase"] != self._last_phase:
+            print(phase_announcement(record), flush=True)
+            self._last_phase = record["phase"]
+        print(progress_line(record, eta), flush=True)
+        if record.get("nonfinite_components"):
+            print(f"   non-finite loss in: {record['nonfinite_components']} (step skipped)", flush=True)
+        if self.debug_every and record["step"] % self.debug_every == 0 and "loss/total" in record:
+            print(ledger(record), flush=True)

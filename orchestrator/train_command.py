@@ -1,0 +1,78 @@
+"""`raydistill train --config PATH [--set k=v ...] [--run-dir DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from orchestrator.config import Config, load_config
+from orchestrator.errors import RunFailed
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--run-dir", default=None, help="run directory (default runs/<config name>); reused to resume"
+    )
+
+
+def default_run_dir(config_path: str) -> Path:
+    return Path("runs") / Path(config_path).stem
+
+
+def run_training(config: Config, run_dir: Path, echo: bool = True) -> Path:
+    """Prepare data, run the TorchTrainer to the end, return the exported student's path."""
+    from orchestrator.ray_session import ensure_ray
+    from orchestrator.run_dir import prepare_run_dir
+    from orchestrator.telemetry import MetricsCallback
+    from orchestrator.trainer import STUDENT_DIR, build_trainer, prepare_run
+
+    run_dir = run_dir.resolve()
+    resuming = prepare_run_dir(run_dir, config)
+    prepared = prepare_run(config, run_dir)
+    ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker)
+    if echo:
+        verb = "resuming" if resuming else "starting"
+        print(
+            f"raydistill: {verb} run in {run_dir} ({config.scaling.num_workers} workers, ZeRO-{config.deepspeed.zero_stage})"
+        )
+    callback = MetricsCallback(str(run_dir), debug_every=config.train.debug_every, echo=echo)
+    trainer = build_trainer(config, run_dir, prepared, callbacks=[callback])
+    try:
+        trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
+        raise TrainingFailed(_root_cause(exc)) from exc
+    return run_dir / STUDENT_DIR
+
+
+class TrainingFailed(RunFailed):
+    pass
+
+
+def _root_cause(exc: BaseException) -> str:
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    last = [line for line in text if line.strip()][-1] if text else type(seen).__name__
+    return f"training failed: {last}"
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+    student = run_training(config, run_dir)
+    print(f"raydistill: student saved to {student} (load it with AutoModelForCausalLM.from_pretrained)")
+    return 0

@@ -1,0 +1,117 @@
+"""Build and run the TorchTrainer for one distillation run (also used by each Tune trial)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.errors import UserError
+from workers.presets import preset_name
+
+PRESET_MAX_POSITIONS = 1024
+STUDENT_DIR = "student"
+
+
+@dataclass
+class PreparedRun:
+    loop_config: dict[str, Any]
+    data_dir: Path
+
+
+def _text_config(spec: str):
+    """A model's config alone (no weights are read); None for presets and derived students."""
+    if preset_name(spec) is not None or spec == "derived":
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(spec).get_text_config()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the model config of {spec!r}: {str(exc).splitlines()[0]}") from None
+
+
+def max_positions_of(spec: str) -> int | None:
+    text = _text_config(spec)
+    if text is None:
+        return None
+    return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+
+
+def vocab_size_of(spec: str) -> int | None:
+    text = _text_config(spec)  # presets take the run tokenizer's vocabulary
+    return None if text is None else int(text.vocab_size)
+
+
+def check_vocabularies(config: Config) -> None:
+    """Refuse a teacher/student pair whose vocabularies differ before any worker starts."""
+    teacher, student = vocab_size_of(config.teacher), vocab_size_of(config.student)
+    if teacher is not None and student is not None and teacher != student:
+        raise UserError(
+            f"teacher and student vocabularies differ: teacher {config.teacher!r} has {teacher} tokens, "
+            f"student {config.student!r} has {student}; KD on logits needs a shared vocabulary"
+        )
+
+
+def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
+    """Resolve data (preparing a corpus if needed) and everything workers need, on the driver."""
+    import dataclasses
+
+    from orchestrator.prepare_data import ensure_prepared
+
+    check_vocabularies(config)
+    limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
+    max_positions = min(limits) if limits else PRESET_MAX_POSITIONS
+    data_cfg = config.data
+    if data_cfg.tokenizer is None and preset_name(config.teacher) is None:
+        # A real teacher brings its own vocabulary: tokenise with it rather than training a new BPE.
+        data_cfg = dataclasses.replace(data_cfg, tokenizer=config.teacher)
+    data_dir = ensure_prepared(data_cfg, max_positions=max_positions)
+    loop_config = {
+        "config": config.to_dict(),
+        "runtime": {
+            "tokenizer": str(data_dir / "tokenizer"),
+            "max_positions": max_positions,
+            "run_dir": str(run_dir),
+            "student_dir": str(run_dir / STUDENT_DIR),
+        },
+    }
+    return PreparedRun(loop_config, data_dir)
+
+
+def build_trainer(
+    config: Config, run_dir: Path, prepared: PreparedRun, callbacks: list | None = None, name=None
+):
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from workers.ds_config import communication_backend
+    from workers.loop import train_loop_per_worker
+
+    execution = ray.data.ExecutionOptions(preserve_order=True)  # same shard contents on resume
+    datasets = {
+        "train": ray.data.read_parquet(str(prepared.data_dir / "train")),
+        "eval": ray.data.read_parquet(str(prepared.data_dir / "eval")),
+    }
+    scaling = config.scaling
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=prepared.loop_config,
+        torch_config=TorchConfig(backend=communication_backend(scaling.use_gpu)),
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name or run_dir.name,
+            storage_path=str(run_dir.parent.resolve()),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
+            callbacks=callbacks or [],
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all", execution_options=execution),
+    )

@@ -1,0 +1,81 @@
+"""Save and restore a training position through Ray Train checkpoints holding DeepSpeed's own format.
+
+Layout of one checkpoint directory (Ray merges the per-rank files into one `checkpoint_<ts>/`):
+  latest, <tag>/ ...             DeepSpeed (module, ZeRO optimizer partitions, LR scheduler);
+                                 `zero_to_fp32.py` consolidates it into a plain state dict
+  raydistill_state.json          step, progress, max_steps (rank 0)
+  config.json                    the resolved run config (rank 0)
+  worker_<rank>.json             data position of that rank
+  rng_<rank>.pt                  torch RNG state of that rank (loaded with weights_only=True)
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "raydistill_state.json"
+
+
+@dataclass
+class TrainingPosition:
+    step: int = 0
+    data: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "consumed": 0})
+    nonfinite_skipped: int = 0
+
+
+def _tag(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+@contextmanager
+def saved_checkpoint(engine, position: TrainingPosition, config: dict[str, Any], rank: int, max_steps: int):
+    """Write this rank's part of a checkpoint into a temp dir and yield it (to report, then delete)."""
+    with tempfile.TemporaryDirectory(prefix="raydistill-ckpt-") as tmp:
+        # Every rank saves: ZeRO partitions are per rank; DeepSpeed writes the shared files on rank 0.
+        engine.save_checkpoint(tmp, tag=_tag(position.step))
+        directory = Path(tmp)
+        (directory / f"worker_{rank}.json").write_text(json.dumps(position.data))
+        torch.save(torch.get_rng_state(), directory / f"rng_{rank}.pt")
+        if rank == 0:
+            state = {
+                "step": position.step,
+                "progress": position.step / max_steps,
+                "max_steps": max_steps,
+                "nonfinite_skipped": position.nonfinite_skipped,
+                "tag": _tag(position.step),
+            }
+            (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+            (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        yield tmp
+
+
+def restore(engine, checkpoint, rank: int) -> TrainingPosition:
+    """Load DeepSpeed state, this rank's data position and RNG from a Ray Train checkpoint."""
+    from workers.dist import barrier
+
+    with checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        state = json.loads((directory / STATE_FILE).read_text())
+        load_path, _ = engine.load_checkpoint(str(directory), tag=state["tag"])
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint under {directory} (tag {state['tag']})")
+        data = json.loads((directory / f"worker_{rank}.json").read_text())
+        rng_file = directory / f"rng_{rank}.pt"
+        if rng_file.exists():
+            torch.set_rng_state(torch.load(rng_file, weights_only=True))
+        # Keep the directory alive until every rank has read it (it may be a shared download).
+        barrier()
+    return TrainingPosition(
+        step=int(state["step"]), data=data, nonfinite_skipped=int(state["nonfinite_skipped"])
+    )
+
+
+def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(checkpoint_dir) / STATE_FILE).read_text())

@@ -1,0 +1,83 @@
+"""Token batches from this worker's Ray Data shard, with a resumable position.
+
+Each `iter_batches()` call on a Ray Train dataset shard is one epoch over this worker's disjoint part.
+The position (epoch, batches consumed in it) goes into every checkpoint; on resume the consumed
+batches of the current epoch are read and dropped, so the run continues on exactly the next batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+def to_batch(input_ids: Any) -> Batch:
+    """Packed sequences carry no padding: every token is attended and is its own label."""
+    ids = torch.as_tensor(
+        np.stack(list(input_ids)) if input_ids.dtype == object else input_ids
+    ).long()  # (B, T)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+class TrainBatches:
+    def __init__(self, shard, micro_batch_size: int, seed: int, epoch: int = 0, consumed: int = 0):
+        self._shard = shard
+        self._micro_batch_size = micro_batch_size
+        self._seed = seed
+        self.epoch = epoch
+        self.consumed = consumed
+        self._iterator: Iterator[Batch] | None = None
+
+    def _open_epoch(self) -> Iterator[Batch]:
+        batches = self._shard.iter_batches(
+            batch_size=self._micro_batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            # A seeded shuffle per epoch: different orders across epochs, the same on resume.
+            local_shuffle_buffer_size=max(4 * self._micro_batch_size, 64),
+            local_shuffle_seed=self._seed + self.epoch,
+        )
+        return (to_batch(b["input_ids"]) for b in batches)
+
+    def __next__(self) -> Batch:
+        if self._iterator is None:
+            self._iterator = self._open_epoch()
+            for _ in range(self.consumed):  # fast-forward after a resume
+                next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self._iterator = self._open_epoch()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                raise RuntimeError(
+                    "this worker's training shard holds fewer sequences than one micro-batch; "
+                    "use more data, fewer workers or a smaller train.micro_batch_size"
+                ) from None
+        self.consumed += 1
+        return batch
+
+    def window(self, micro_batches: int) -> list[Batch]:
+        return [next(self) for _ in range(micro_batches)]
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+
+def eval_batches(shard, micro_batch_size: int, max_batches: int) -> list[Batch]:
+    """The first `max_batches` batches of this worker's eval shard, read once and reused at every eval
+    (the whole epoch is consumed so Ray Data's split coordinator is never left mid-epoch)."""
+    kept: list[Batch] = []
+    for b in shard.iter_batches(batch_size=micro_batch_size, batch_format="numpy", drop_last=False):
+        if len(kept) < max_batches:
+            kept.append(to_batch(b["input_ids"]))
+    if not kept:
+        raise RuntimeError("this worker's eval shard is empty; raise data.eval_fraction or use fewer workers")
+    return kept

@@ -1,0 +1,36 @@
+"""Save the trained student in plain Hugging Face format (safetensors, config, tokenizer)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def export_student(engine, tokenizer, out_dir: str | Path, rank: int, zero_stage: int) -> None:
+    """Every rank takes part (ZeRO-3 gathers its shards); rank 0 writes `out_dir` atomically."""
+    student = engine.module.student
+    out_dir = Path(out_dir)
+
+    def write() -> None:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        state = {k: v.detach().to("cpu").clone() for k, v in student.state_dict().items()}
+        # Attention maps were only needed for training; plain users get the fast default.
+        student.config._attn_implementation = "sdpa"
+        student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(student.parameters()), modifier_rank=None):
+            if rank == 0:
+                write()
+    elif rank == 0:
+        write()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -1,0 +1,187 @@
+"""`train_loop_per_worker`: what each Ray Train worker runs.
+
+Everything arrives through the loop config (STYLE 6): `{"config": <resolved run config dict>,
+"runtime": {"tokenizer": path, "run_dir": path, "max_positions": int}}`.
+Every rank calls `ray.train.report` the same number of times (it is a barrier in Train V2) and all
+reported metrics are all-reduced first, since only rank 0's are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from workers.checkpointing import TrainingPosition, restore, saved_checkpoint
+from workers.curriculum import COMPONENTS
+from workers.data import TrainBatches, eval_batches
+from workers.dist import barrier
+from workers.distill_loss import DistillationLoss
+from workers.engine import build_engine
+from workers.export import export_student
+from workers.models import (
+    DERIVED,
+    build_model,
+    check_vocabularies,
+    count_parameters,
+    derive_student,
+    hidden_size,
+    load_tokenizer,
+    num_layers,
+    teacher_dtype,
+)
+from workers.step import eval_pass, train_step
+from workers.student_module import StudentWithLoss
+
+
+class TooManyNonFiniteSteps(RuntimeError):
+    pass
+
+
+def build_models(config: dict[str, Any], runtime: dict[str, Any]):
+    train, ds = config["train"], config["deepspeed"]
+    tokenizer = load_tokenizer(runtime["tokenizer"])
+    max_positions = int(runtime["max_positions"])
+    dtype = teacher_dtype(ds["precision"], bool(config["scaling"]["use_gpu"]))
+    teacher = build_model(config["teacher"], tokenizer, max_positions, train["seed"], dtype)
+    teacher.eval().requires_grad_(False)
+    if config["student"] == DERIVED:
+        student = derive_student(teacher, config["derive"], train["seed"] + 1)
+    else:
+        student = build_model(config["student"], tokenizer, max_positions, train["seed"] + 1, torch.float32)
+    check_vocabularies(teacher, student, tokenizer)
+    loss = DistillationLoss.from_config(
+        config["loss"],
+        config["curriculum"],
+        student_hidden_size=hidden_size(student),
+        teacher_hidden_size=hidden_size(teacher),
+        student_num_layers=num_layers(student),
+        teacher_num_layers=num_layers(teacher),
+    )
+    return tokenizer, teacher, student, loss
+
+
+class TrainRawAverager:
+    """Mean raw value per component over the steps since the last eval, recombined with the current
+    weights, so `eval_train_ratio` compares eval and train totals at the same weights."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for c in COMPONENTS:
+            if metrics.get(f"loss/{c}/weight", 0.0) > 0:
+                self.sums[c] = self.sums.get(c, 0.0) + metrics[f"loss/{c}/raw"]
+                self.counts[c] = self.counts.get(c, 0) + 1
+
+    def total_at(self, weights: dict[str, float]) -> float:
+        return sum(
+            w * self.sums[c] / self.counts[c] for c, w in weights.items() if w > 0 and self.counts.get(c)
+        )
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+
+    config, runtime = loop_config["config"], loop_config["runtime"]
+    train = config["train"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    # Ray gives each worker `cpus_per_worker` CPUs; more intra-op threads than that oversubscribes.
+    torch.set_num_threads(max(1, int(config["scaling"]["cpus_per_worker"])))
+    torch.manual_seed(train["seed"] + rank)
+
+    tokenizer, teacher, student, loss = build_models(config, runtime)
+    engine = build_engine(StudentWithLoss(student, loss), config, world)
+
+    position = TrainingPosition()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        position = restore(engine, checkpoint, rank)
+
+    max_steps = int(train["max_steps"])
+    train_iter = TrainBatches(
+        ray.train.get_dataset_shard("train"),
+        int(train["micro_batch_size"]),
+        int(train["seed"]),
+        **position.data,
+    )
+    evals = eval_batches(
+        ray.train.get_dataset_shard("eval"), int(train["micro_batch_size"]), int(train["eval_batches"])
+    )
+
+    static = {
+        "student_params": count_parameters(student),
+        "teacher_params": count_parameters(teacher),
+        "world_size": world,
+    }
+    nonfinite_streak = 0
+    averager = TrainRawAverager()
+    window_tokens, window_start = 0, time.perf_counter()
+    step = position.step
+    while step < max_steps:
+        progress = step / max_steps
+        result = train_step(engine, teacher, train_iter.window(int(train["grad_accum"])), progress)
+        step += 1
+        window_tokens += result.tokens
+        if result.skipped:
+            position.nonfinite_skipped += 1
+            nonfinite_streak += 1
+        else:
+            nonfinite_streak = 0
+            averager.add(result.metrics)
+
+        is_last = step == max_steps
+        do_eval = step % int(train["eval_every"]) == 0 or is_last
+        do_checkpoint = step % int(train["checkpoint_every"]) == 0 or is_last
+        do_log = step % int(train["log_every"]) == 0 or do_eval or do_checkpoint or result.skipped
+        too_many = nonfinite_streak >= int(train["max_nonfinite_in_a_row"])
+        if not (do_log or too_many):
+            continue
+
+        elapsed = time.perf_counter() - window_start
+        record: dict[str, Any] = {
+            "step": step,
+            "max_steps": max_steps,
+            "progress": progress,
+            "phase": loss.schedule.phase(progress),
+            "lr": float(engine.optimizer.param_groups[0]["lr"]),
+            "tokens_per_s": window_tokens / elapsed if elapsed > 0 else 0.0,
+            "nonfinite_skipped": position.nonfinite_skipped,
+            **result.metrics,
+            **static,
+        }
+        if result.skipped:
+            record["nonfinite_components"] = ",".join(result.nonfinite)
+        if do_eval:
+            eval_metrics = eval_pass(engine, teacher, evals, progress)
+            record.update(eval_metrics)
+            train_total = averager.total_at(loss.weights(progress))
+            record["eval_train_ratio"] = (
+                eval_metrics["eval/total"] / train_total if train_total > 0 else math.nan
+            )
+            averager.reset()
+        if too_many:
+            # The last good checkpoint stays the run's latest; report, then fail loudly.
+            ray.train.report(record)
+            raise TooManyNonFiniteSteps(
+                f"{nonfinite_streak} non-finite steps in a row (components: {', '.join(result.nonfinite)}) at step "
+                f"{step}; stopping. The last good checkpoint is kept (train.max_nonfinite_in_a_row)"
+            )
+        position.step, position.data = step, train_iter.position()
+        if do_checkpoint:
+            with saved_checkpoint(engine, position, config, rank, max_steps) as directory:
+                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(record)
+        window_tokens, window_start = 0, time.perf_counter()
+
+    export_student(engine, tokenizer, runtime["student_dir"], rank, int(config["deepspeed"]["zero_stage"]))
+    barrier()

@@ -1,0 +1,150 @@
+"""Load the teacher and the student (Hugging Face id/path, tiny preset, or derived from the teacher)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from workers.presets import build_preset_config, preset_name
+
+DERIVED = "derived"
+
+
+class ModelSetupError(ValueError):
+    """A model cannot be built or the pair is incompatible (e.g. vocabularies differ)."""
+
+
+def load_tokenizer(path_or_id: str):
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+    if tokenizer.pad_token_id is None:
+        # Causal LMs often ship without a pad token; packed sequences never pad, eval batches may.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def build_model(spec: str, tokenizer, max_positions: int, seed: int, dtype: torch.dtype) -> PreTrainedModel:
+    """A causal LM from a preset (`preset:<name>`, freshly initialised from `seed`) or an id/path."""
+    name = preset_name(spec)
+    if name is not None:
+        config = build_preset_config(name, len(tokenizer), max_positions, special_token_ids(tokenizer))
+        # Same seed on every rank: the frozen teacher lives outside DeepSpeed and must be identical.
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return model
+    try:
+        return AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+    except OSError as exc:
+        raise ModelSetupError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _layer_stack(model: PreTrainedModel) -> torch.nn.ModuleList:
+    base = model.base_model
+    for attr in ("layers", "h", "blocks"):
+        stack = getattr(base, attr, None)
+        if isinstance(stack, torch.nn.ModuleList):
+            return stack
+    raise ModelSetupError(f"cannot find the decoder layers of {type(model).__name__} to derive a student")
+
+
+def num_layers(model: PreTrainedModel) -> int:
+    return int(model.config.get_text_config().num_hidden_layers)
+
+
+def hidden_size(model: PreTrainedModel) -> int:
+    return int(model.config.get_text_config().hidden_size)
+
+
+def derive_student(teacher: PreTrainedModel, derive: dict[str, Any], seed: int) -> PreTrainedModel:
+    """Fewer (optionally narrower) layers of the teacher's architecture, DistilBERT style.
+
+    At the teacher's width the student copies the embeddings, final norm, LM head and, for student
+    layer j (1-based), teacher layer ceil-spaced `j * L_t // L_s` (the uniform layer map's target), so
+    feature matching starts from aligned representations. A narrower student starts fresh.
+    """
+    t_cfg = teacher.config
+    s_cfg = copy.deepcopy(t_cfg)
+    n_student, n_teacher = int(derive["num_layers"]), num_layers(teacher)
+    if n_student > n_teacher:
+        raise ModelSetupError(f"derive.num_layers={n_student} exceeds the teacher's {n_teacher} layers")
+    keys = {"num_layers": "num_hidden_layers"}
+    gpt2_names = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head"}
+    overrides = {"num_hidden_layers": n_student}
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
+        if derive.get(key) is not None:
+            overrides[key] = int(derive[key])
+    for key, value in overrides.items():
+        key = keys.get(key, key)
+        attr = gpt2_names[key] if t_cfg.model_type == "gpt2" and key in gpt2_names else key
+        if t_cfg.model_type == "gpt2" and key == "intermediate_size":
+            attr = "n_inner"
+        setattr(s_cfg, attr, value)
+        if key == "num_attention_heads" and hasattr(s_cfg, "num_key_value_heads"):
+            s_cfg.num_key_value_heads = value
+    if hasattr(s_cfg, "layer_types") and getattr(s_cfg, "layer_types", None):
+        s_cfg.layer_types = list(s_cfg.layer_types)[:n_student]
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        student = AutoModelForCausalLM.from_config(s_cfg, dtype=torch.float32)
+
+    same_width = hidden_size(student) == hidden_size(teacher) and all(
+        derive.get(k) is None for k in ("intermediate_size", "num_attention_heads")
+    )
+    if same_width:
+        teacher_state = teacher.state_dict()
+        student_layers, teacher_layers = _layer_stack(student), _layer_stack(teacher)
+        # Non-layer weights (embeddings, final norm, head) share names between the two models.
+        own = student.state_dict()
+        layer_prefix = _layer_prefix(student)
+        shared = {k: v for k, v in teacher_state.items() if k in own and not k.startswith(layer_prefix)}
+        student.load_state_dict(shared, strict=False)
+        for j in range(1, n_student + 1):
+            source = j * n_teacher // n_student  # 1-based teacher layer
+            student_layers[j - 1].load_state_dict(teacher_layers[source - 1].state_dict())
+    return student
+
+
+def _layer_prefix(model: PreTrainedModel) -> str:
+    stack = _layer_stack(model)
+    for name, module in model.named_modules():
+        if module is stack:
+            return name + "."
+    raise ModelSetupError("decoder layers not found")  # pragma: no cover
+
+
+def check_vocabularies(teacher: PreTrainedModel, student: PreTrainedModel, tokenizer) -> None:
+    t_vocab = teacher.get_output_embeddings().weight.shape[0]
+    s_vocab = student.get_output_embeddings().weight.shape[0]
+    if t_vocab != s_vocab:
+        raise ModelSetupError(
+            f"teacher and student vocabularies differ: teacher has {t_vocab} tokens, student has {s_vocab}; "
+            "KD on logits needs a shared vocabulary"
+        )
+    if len(tokenizer) > s_vocab:
+        raise ModelSetupError(
+            f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary is {s_vocab}"
+        )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def teacher_dtype(precision: str, use_gpu: bool) -> torch.dtype:
+    """bf16 for the frozen teacher where the hardware supports it, else fp32."""
+    if precision == "bf16" or (use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float32

@@ -1,0 +1,123 @@
+"""One optimizer step and one eval pass of the distillation loop, usable inside or outside Ray.
+
+Token normalisation (DESIGN invariant 5, STYLE 3): every micro-batch loss is a per-token mean; for
+backward it is weighted by its share of the tokens in the whole accumulation window across ranks, so
+masks of different sizes do not change the gradient. Logged values stay per-token means.
+
+Non-finite handling (invariant 4): a micro-batch whose loss has a non-finite component on any rank
+gets no backward on any rank, and the window's optimizer step runs with lr 0 so parameters do not move.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from workers.dist import all_reduce_sum, any_rank, world_size
+from workers.student_module import model_outputs
+
+Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T), labels (B, T)
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]  # token-weighted means over micro-batches and ranks
+    tokens: int  # tokens in the window, all ranks
+    skipped: bool = False
+    nonfinite: list[str] = field(default_factory=list)
+
+
+def _teacher_outputs(teacher: torch.nn.Module, batch: Batch, loss, progress: float):
+    weights = loss.weights(progress)
+    if weights["kd"] == 0 and weights["feature"] == 0 and weights["attention"] == 0:
+        return None  # CE alone needs no teacher forward
+    with torch.no_grad():
+        return model_outputs(
+            teacher, batch["input_ids"], batch["attention_mask"], loss.required_outputs(progress)
+        )
+
+
+def _weighted_mean(sums: dict[str, float], tokens: float) -> dict[str, float]:
+    return {k: v / tokens for k, v in sums.items()} if tokens > 0 else dict.fromkeys(sums, 0.0)
+
+
+def reduce_token_weighted(per_batch: list[tuple[dict[str, float], int]]) -> tuple[dict[str, float], float]:
+    """Token-weighted means of metric dicts over batches and ranks."""
+    if not per_batch:
+        return {}, 0.0
+    keys = sorted(per_batch[0][0])
+    local = [sum(m[k] * n for m, n in per_batch) for k in keys] + [float(sum(n for _, n in per_batch))]
+    reduced = all_reduce_sum(local)
+    tokens = reduced[-1]
+    return _weighted_mean(dict(zip(keys, reduced[:-1])), tokens), tokens
+
+
+def _step_without_moving(engine) -> None:
+    """Run DeepSpeed's step (keeping its micro-step and LR bookkeeping aligned on every rank) at lr 0,
+    so parameters do not move. The LR scheduler then sets the next step's lr; if DeepSpeed skipped the
+    step itself (its own overflow check), the scheduler did not run and the old lr is put back."""
+    groups = engine.optimizer.param_groups
+    previous = [group["lr"] for group in groups]
+    for group in groups:
+        group["lr"] = 0.0
+    engine.step()
+    for group, lr in zip(groups, previous):
+        if group["lr"] == 0.0:
+            group["lr"] = lr
+
+
+def train_step(
+    engine, teacher: torch.nn.Module, micro_batches: Sequence[Batch], progress: float
+) -> StepResult:
+    loss_module = engine.module.loss
+    local_tokens = [int(b["attention_mask"].sum()) for b in micro_batches]
+    window_tokens = all_reduce_sum([float(sum(local_tokens))])[0]
+    per_batch, bad_components = [], []
+    for batch, n_tokens in zip(micro_batches, local_tokens):
+        teacher_out = _teacher_outputs(teacher, batch, loss_module, progress)
+        breakdown, _ = engine(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], teacher_out, progress
+        )
+        nonfinite = breakdown.nonfinite()
+        if any_rank(bool(nonfinite)):
+            bad_components.extend(nonfinite or ["(another rank)"])
+        else:
+            # engine.backward would divide by grad_accum; the token share already does the averaging.
+            share = n_tokens * world_size() / window_tokens
+            engine.backward(breakdown.total * share, scale_wrt_gas=False)
+            per_batch.append((breakdown.to_metrics("loss"), n_tokens))
+        # DeepSpeed counts micro-steps in step(); it only updates at the accumulation boundary.
+        if engine.is_gradient_accumulation_boundary() and bad_components:
+            _step_without_moving(engine)
+        else:
+            engine.step()
+    metrics, _ = reduce_token_weighted(per_batch) if not bad_components else ({}, 0.0)
+    return StepResult(
+        metrics, int(window_tokens), skipped=bool(bad_components), nonfinite=sorted(set(bad_components))
+    )
+
+
+@torch.no_grad()
+def eval_pass(
+    engine, teacher: torch.nn.Module, batches: Sequence[Batch], progress: float
+) -> dict[str, float]:
+    """The training loss at the current curriculum weights (same code path), plus plain CE and ppl."""
+    engine.eval()
+    per_batch = []
+    try:
+        for batch in batches:
+            teacher_out = _teacher_outputs(teacher, batch, engine.module.loss, progress)
+            breakdown, plain_ce = engine(
+                batch["input_ids"], batch["attention_mask"], batch["labels"], teacher_out, progress, True
+            )
+            metrics = breakdown.to_metrics("eval")
+            metrics["eval/ce"] = float(plain_ce)
+            per_batch.append((metrics, int(batch["attention_mask"].sum())))
+    finally:
+        engine.train()
+    metrics, _ = reduce_token_weighted(per_batch)
+    metrics["eval/ppl"] = math.exp(min(metrics["eval/ce"], 50.0))
+    return metrics

@@ -1,0 +1,58 @@
+"""The module handed to `deepspeed.initialize`: the student plus the distillation loss's projectors.
+
+Under ZeRO-3 parameters are only materialised inside the engine's forward, so the whole loss (the
+projectors included) is computed in this module's `forward`, with the teacher's outputs passed in.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workers.distill_loss import DistillationLoss, LossBreakdown, OutputRequest
+from workers.losses import ce_loss
+
+
+def ensure_attention_implementation(model: torch.nn.Module, needs_attention_maps: bool) -> None:
+    """`sdpa` silently returns no attention maps: use `eager` only while the attention loss is on."""
+    wanted = "eager" if needs_attention_maps else "sdpa"
+    if getattr(model.config, "_attn_implementation", None) != wanted:
+        model.set_attn_implementation(wanted)
+
+
+def model_outputs(model: torch.nn.Module, input_ids, attention_mask, request: OutputRequest):
+    ensure_attention_implementation(model, request.attentions)
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=request.hidden_states,
+        output_attentions=request.attentions,
+        use_cache=False,
+    )
+
+
+class StudentWithLoss(torch.nn.Module):
+    def __init__(self, student: torch.nn.Module, loss: DistillationLoss):
+        super().__init__()
+        self.student = student
+        self.loss = loss
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, T)
+        labels: torch.Tensor,  # (B, T), -100 where ignored
+        teacher_out,
+        progress: float,
+        with_plain_ce: bool = False,
+    ) -> tuple[LossBreakdown, torch.Tensor | None]:
+        """Returns the breakdown and, if asked, plain token CE from the same logits (eval reports it
+        even when alpha_ce is 0 and the breakdown skipped CE)."""
+        request = self.loss.required_outputs(progress)
+        student_out = model_outputs(self.student, input_ids, attention_mask, request)
+        # `.forward`, not `__call__`: the breakdown is a dataclass, which ZeRO-3's module hooks cannot
+        # walk to register backward hooks; the projectors inside are still called as modules (hooked).
+        breakdown = self.loss.forward(student_out, teacher_out, labels, attention_mask, progress)
+        plain_ce = None
+        if with_plain_ce:
+            plain_ce = breakdown.raw["ce"] if "ce" in breakdown.raw else ce_loss(student_out.logits, labels)
+        return breakdown, plain_ce
