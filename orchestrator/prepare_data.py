@@ -1,0 +1,450 @@
+"""`raydistill prepare-data`: corpus -> tokenizer + train/eval Parquet shards + manifest.json.
+
+    raydistill prepare-data --corpus stdlib --out data/stdlib --train-tokenizer 4096 --seq-len 128
+
+The steps live in `corpus` (files -> documents), `tokenizer_training` (BPE or the teacher's tokenizer)
+and `shards` (packing, split, Parquet, manifest; the on-disk layout is described there). This module
+strings them together, decides when an existing output can be reused, and is the driver-side entry
+point other code calls: `ensure_prepared(data_cfg, max_positions)`.
+
+Reuse: an output whose manifest records the same settings (`SETTINGS_KEYS`: resolved source, corpus
+content hash, tokenizer, seq_len, eval fraction, seed, shard size, format version) is returned as is.
+An output dir that is non-empty without such a manifest is refused and left untouched.
+
+Heavy libraries (numpy, pyarrow, tokenizers, transformers) are imported inside the functions: the CLI
+imports this module at start-up for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from orchestrator.config import DataConfig
+from orchestrator.corpus import STDLIB, Corpus, read_corpus
+from orchestrator.errors import UserError
+
+# Same values as `shards.MANIFEST` / the shard size default (not imported from there: shards pulls in pyarrow).
+MANIFEST = "manifest.json"
+ROWS_PER_SHARD = 4096
+# Manifest keys that must all match for an existing output to be reused.
+SETTINGS_KEYS = (
+    "format_version",
+    "source",
+    "corpus_hash",
+    "tokenizer",
+    "seq_len",
+    "eval_fraction",
+    "seed",
+    "rows_per_shard",
+)
+_ENCODE_BATCH_CHARS = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress: one line on stderr, rewritten with "\r" on a terminal; one line per finished stage otherwise
+# (logs and pipes get no "\r" soup).
+
+
+class _Progress:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, text: str, force: bool = False) -> None:
+        """Show `text` (at most every 0.1 s unless `force`: a stage's first line is always shown)."""
+        now = time.monotonic()
+        if not self.tty or (now - self._last < 0.1 and not force):
+            return
+        self._last = now
+        self.stream.write("\r" + text.ljust(self._width))
+        self._width = len(text)
+        self.stream.flush()
+
+    @staticmethod
+    def bar(done: int, total: int, width: int = 24) -> str:
+        filled = width * done // max(total, 1)
+        return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+    def done(self, text: str) -> None:
+        self.stream.write(("\r" + text.ljust(self._width) if self.tty else text) + "\n")
+        self._width = 0
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and checks shared by the CLI and ensure_prepared.
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared dir (`path` = the dir or its manifest.json). Raises `UserError`."""
+    from orchestrator.shards import read_manifest as _read
+
+    return _read(path)
+
+
+def _model_max_positions(tokenizer: str | None) -> int | None:
+    """max positions from `<tokenizer>/config.json` when the tokenizer is a local model dir (the teacher)."""
+    if tokenizer is None:
+        return None
+    config = Path(tokenizer).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if isinstance(data.get(key), int):
+            return data[key]
+    return None
+
+
+def check_seq_len(seq_len: int, max_positions: int | None) -> None:
+    if max_positions is not None and seq_len > max_positions:
+        raise UserError(f"seq_len {seq_len} is larger than the model's max positions {max_positions}")
+
+
+@dataclass
+class _Plan:
+    """Everything read before any output is written: the corpus, the tokenizer (when given) and the
+    settings an output must match to be reused."""
+
+    data_cfg: DataConfig
+    corpus: Corpus
+    pretrained: Any  # a transformers tokenizer, or None to train a BPE
+    settings: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Short hash of the settings: the cache dir name used by `ensure_prepared`."""
+        text = json.dumps(self.settings, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plan(data_cfg: DataConfig, rows_per_shard: int, progress: _Progress) -> _Plan:
+    from orchestrator.shards import FORMAT_VERSION
+
+    started = time.monotonic()
+    corpus = read_corpus(
+        data_cfg.source,
+        max_files=data_cfg.max_files,
+        seed=data_cfg.seed,
+        on_file=lambda done, total: progress.update(f"reading corpus {progress.bar(done, total)} files"),
+    )
+    progress.done(
+        f"read {corpus.files_selected} of {corpus.files_found} files from {data_cfg.source}: "
+        f"{len(corpus.documents)} documents, {corpus.skipped_undecodable} undecodable and "
+        f"{corpus.skipped_empty} empty skipped ({time.monotonic() - started:.1f} s)"
+    )
+    pretrained = None
+    if data_cfg.tokenizer is not None:
+        from orchestrator.tokenizer_training import load_pretrained, tokenizer_hash
+
+        pretrained = load_pretrained(data_cfg.tokenizer)
+        tokenizer_spec = f"sha256:{tokenizer_hash(pretrained)}"
+    else:
+        tokenizer_spec = f"bpe:{data_cfg.vocab_size}"
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "source": corpus.source,
+        "corpus_hash": corpus.content_hash,
+        "tokenizer": tokenizer_spec,
+        "seq_len": data_cfg.seq_len,
+        "eval_fraction": data_cfg.eval_fraction,
+        "seed": data_cfg.seed,
+        "rows_per_shard": rows_per_shard,
+    }
+    return _Plan(data_cfg, corpus, pretrained, settings)
+
+
+def _check_out_is_usable(out: Path) -> None:
+    """Refuse (without touching it) an `out` that is a file or a non-empty dir without a manifest."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"output {out} exists and is not a directory; refusing to replace it")
+    if (out / MANIFEST).is_file():
+        read_manifest(out)  # unreadable or another format version: refused here
+        return
+    if any(out.iterdir()):
+        raise UserError(
+            f"output dir {out} is not empty and holds no {MANIFEST}; refusing to write into it "
+            "(choose a new or empty dir)"
+        )
+
+
+def _differences(manifest: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    return [
+        f"{key} {manifest.get(key)!r} (requested {value!r})"
+        for key, value in settings.items()
+        if manifest.get(key) != value
+    ]
+
+
+def _reusable(out: Path, plan: _Plan) -> dict[str, Any] | None:
+    """The manifest of `out` when it matches the plan's settings; None when `out` is missing or empty.
+    A manifest with other settings is refused, naming what differs."""
+    if not (out / MANIFEST).is_file():
+        return None
+    manifest = read_manifest(out)
+    diffs = _differences(manifest, plan.settings)
+    if diffs:
+        raise UserError(
+            f"output dir {out} holds data prepared with other settings: {'; '.join(diffs)}; "
+            "choose another output dir or delete it"
+        )
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Building an output.
+
+
+def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
+    from orchestrator import shards, tokenizer_training
+
+    cfg, corpus = plan.data_cfg, plan.corpus
+    with shards.staging_dir(out) as staging:
+        tokenizer_dir = staging / "tokenizer"
+        if plan.pretrained is None:
+            started = time.monotonic()
+            progress.update(f"training byte-level BPE tokenizer (vocab {cfg.vocab_size}) ...", force=True)
+            trained = tokenizer_training.train_bpe(corpus.documents, cfg.vocab_size)
+            tokenizer_training.save_trained(trained, tokenizer_dir)
+            tokenizer = tokenizer_training.load_pretrained(tokenizer_dir)
+            tokenizer_source = "trained byte-level BPE"
+            progress.done(
+                f"trained byte-level BPE tokenizer: vocab {len(tokenizer)} ({time.monotonic() - started:.1f} s)"
+            )
+        else:
+            tokenizer = plan.pretrained
+            tokenizer.save_pretrained(str(tokenizer_dir))
+            tokenizer_source = cfg.tokenizer
+        encoder = tokenizer_training.text_encoder(tokenizer)
+
+        started = time.monotonic()
+        doc_ids: list = []  # one (n_i,) int32 array per document
+        tokens = 0
+        batch: list[str] = []
+        batch_chars = 0
+        for index, text in enumerate(corpus.documents):
+            batch.append(text)
+            batch_chars += len(text)
+            if batch_chars >= _ENCODE_BATCH_CHARS or index == len(corpus.documents) - 1:
+                encoded = encoder.encode(batch)
+                doc_ids.extend(encoded)
+                tokens += sum(len(ids) + 1 for ids in encoded)  # + eos per document
+                batch, batch_chars = [], 0
+                progress.update(
+                    f"tokenizing {progress.bar(len(doc_ids), len(corpus.documents))} documents, {tokens:,} tokens"
+                )
+        progress.done(
+            f"tokenized {len(doc_ids)} documents: {tokens:,} tokens ({time.monotonic() - started:.1f} s)"
+        )
+
+        train_docs, eval_docs = shards.split_documents(
+            [len(ids) + 1 for ids in doc_ids], cfg.eval_fraction, cfg.seed
+        )
+        train = shards.pack([doc_ids[i] for i in train_docs], cfg.seq_len, encoder.eos_id)
+        evaluation = shards.pack([doc_ids[i] for i in eval_docs], cfg.seq_len, encoder.eos_id)
+        if len(train) == 0 or len(evaluation) == 0:
+            raise UserError(
+                f"corpus {cfg.source!r} is too small for seq_len {cfg.seq_len}: {tokens:,} tokens make "
+                f"{len(train)} train and {len(evaluation)} eval sequences (need >= 1 each; use more files, "
+                "a smaller seq_len or a larger eval fraction)"
+            )
+        rows_per_shard = plan.settings["rows_per_shard"]
+        train_shards = shards.write_split(train, staging / "train", rows_per_shard)
+        eval_shards = shards.write_split(evaluation, staging / "eval", rows_per_shard)
+
+        manifest = {
+            **plan.settings,
+            "files_found": corpus.files_found,
+            "files_read": corpus.files_selected,
+            "skipped_undecodable": corpus.skipped_undecodable,
+            "skipped_empty": corpus.skipped_empty,
+            "documents": len(doc_ids),
+            "tokens": tokens,
+            "train_documents": len(train_docs),
+            "eval_documents": len(eval_docs),
+            "train_sequences": int(len(train)),
+            "eval_sequences": int(len(evaluation)),
+            "dropped_tokens": tokens - (len(train) + len(evaluation)) * cfg.seq_len,
+            "train_shards": train_shards,
+            "eval_shards": eval_shards,
+            "vocab_size": encoder.vocab_size,
+            "tokenizer_hash": tokenizer_training.tokenizer_hash(tokenizer),
+            "tokenizer_source": tokenizer_source,
+            "bos_id": encoder.bos_id,
+            "eos_id": encoder.eos_id,
+            "pad_id": encoder.pad_id,
+            "max_files": cfg.max_files,
+        }
+        shards.write_manifest(staging, manifest)  # last: its presence marks a complete dir
+    return manifest
+
+
+def prepare(
+    data_cfg: DataConfig,
+    out: str | Path,
+    max_positions: int | None = None,
+    rows_per_shard: int = ROWS_PER_SHARD,
+    progress: _Progress | None = None,
+) -> tuple[Path, bool]:
+    """Prepare `data_cfg.source` (a corpus) into `out`, or reuse `out` when its manifest matches.
+
+    Returns (out, reused). Raises `UserError` for bad input, before writing anything.
+    """
+    out = Path(out)
+    progress = progress if progress is not None else _Progress()
+    if max_positions is None:
+        max_positions = _model_max_positions(data_cfg.tokenizer)
+    check_seq_len(data_cfg.seq_len, max_positions)
+    _check_out_is_usable(out)
+    plan = _plan(data_cfg, rows_per_shard, progress)
+    return _prepare_planned(plan, out, progress)
+
+
+def _prepare_planned(plan: _Plan, out: Path, progress: _Progress) -> tuple[Path, bool]:
+    if _reusable(out, plan) is not None:
+        print(f"reusing {out}: its manifest matches the requested settings")
+        return out, True
+    _check_out_is_usable(out)
+    try:
+        manifest = _build(plan, out, progress)
+    except FileExistsError:
+        # Another process finished the same output first: fine if it matches, refused otherwise.
+        if _reusable(out, plan) is not None:
+            print(f"reusing {out}: prepared meanwhile by another process")
+            return out, True
+        raise UserError(f"output dir {out} appeared while preparing data; not replacing it") from None
+    print(
+        f"prepared {out}: {manifest['files_read']} files, {manifest['documents']} documents, "
+        f"{manifest['tokens']:,} tokens -> {manifest['train_sequences']} train + "
+        f"{manifest['eval_sequences']} eval sequences of {manifest['seq_len']} (vocab {manifest['vocab_size']}) "
+        f"in {time.monotonic() - progress.started:.1f} s"
+    )
+    return out, False
+
+
+def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> Path:
+    """The prepared dir for `data_cfg`: `data_cfg.source` itself when it is one (holds manifest.json),
+    else `<data_cfg.cache_dir>/<hash of the settings>`, prepared now or reused from an earlier run.
+
+    Returns an absolute path (Ray workers run in another cwd). `max_positions` (the model's) refuses a
+    seq_len the model cannot take. Raises `UserError`.
+    """
+    source = Path(data_cfg.source).expanduser()
+    if data_cfg.source != STDLIB and (source / MANIFEST).is_file():
+        manifest = read_manifest(source)
+        if manifest["seq_len"] != data_cfg.seq_len:
+            raise UserError(
+                f"data.source {source} was prepared with seq_len {manifest['seq_len']}, "
+                f"but data.seq_len is {data_cfg.seq_len}"
+            )
+        check_seq_len(manifest["seq_len"], max_positions)
+        return source.resolve()
+    if max_positions is None:
+        max_positions = _model_max_positions(data_cfg.tokenizer)
+    check_seq_len(data_cfg.seq_len, max_positions)
+    progress = _Progress()
+    plan = _plan(data_cfg, ROWS_PER_SHARD, progress)
+    out, _ = _prepare_planned(plan, Path(data_cfg.cache_dir).expanduser() / plan.key, progress)
+    return out.resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = DataConfig()
+    parser.add_argument(
+        "--corpus",
+        required=True,
+        metavar="PATH|stdlib",
+        help="a directory (text files below it), a file, a glob, or 'stdlib' (the Python standard library)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output dir (new, empty, or a matching earlier output)"
+    )
+    tok = parser.add_mutually_exclusive_group()
+    tok.add_argument("--tokenizer", metavar="PATH_OR_ID", help="use this tokenizer (e.g. the teacher's)")
+    tok.add_argument(
+        "--train-tokenizer",
+        type=int,
+        metavar="VOCAB_SIZE",
+        help=f"train a byte-level BPE of this vocab size on the corpus (the default, {defaults.vocab_size})",
+    )
+    parser.add_argument(
+        "--seq-len", type=int, default=defaults.seq_len, help="tokens per sequence (%(default)s)"
+    )
+    parser.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=defaults.eval_fraction,
+        help="share of tokens held out for eval, by whole documents (%(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="split / file-sample seed (%(default)s)"
+    )
+    parser.add_argument("--max-files", type=int, default=None, help="read at most N files (a seeded sample)")
+    parser.add_argument(
+        "--max-positions",
+        type=int,
+        default=None,
+        help="the model's max positions: refuse a longer --seq-len (read from --tokenizer's config.json if absent)",
+    )
+    parser.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=ROWS_PER_SHARD,
+        help="max sequences per Parquet shard (%(default)s)",
+    )
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    from orchestrator.tokenizer_training import MIN_VOCAB_SIZE
+
+    if args.train_tokenizer is not None and args.train_tokenizer < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"--train-tokenizer {args.train_tokenizer}: must be >= {MIN_VOCAB_SIZE} (bytes + special tokens)"
+        )
+    if args.seq_len < 8:
+        raise UserError(f"--seq-len {args.seq_len}: must be >= 8")
+    if not 0.0 < args.eval_fraction < 0.5:
+        raise UserError(f"--eval-fraction {args.eval_fraction}: must be in (0, 0.5)")
+    if args.max_files is not None and args.max_files < 1:
+        raise UserError(f"--max-files {args.max_files}: must be >= 1")
+    if args.max_positions is not None and args.max_positions < 1:
+        raise UserError(f"--max-positions {args.max_positions}: must be >= 1")
+    if args.rows_per_shard < 1:
+        raise UserError(f"--rows-per-shard {args.rows_per_shard}: must be >= 1")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_flags(args)
+    defaults = DataConfig()
+    data_cfg = dataclasses.replace(
+        defaults,
+        source=args.corpus,
+        tokenizer=args.tokenizer,
+        vocab_size=args.train_tokenizer if args.train_tokenizer is not None else defaults.vocab_size,
+        seq_len=args.seq_len,
+        eval_fraction=args.eval_fraction,
+        max_files=args.max_files,
+        seed=args.seed,
+    )
+    prepare(data_cfg, args.out, max_positions=args.max_positions, rows_per_shard=args.rows_per_shard)
+    return 0

@@ -1,0 +1,137 @@
+"""Tokenizers for `prepare-data`: train a byte-level BPE on the corpus, or load the teacher's.
+
+Both end up as a Hugging Face tokenizer directory (`tokenizer.json` + `tokenizer_config.json`) that
+`transformers.AutoTokenizer.from_pretrained(dir)` loads, and as a `TextEncoder` that turns documents
+into token ids without adding special tokens (the packer appends eos itself).
+
+Tokenizer hash: sha256 of the `tokenizer.json` serialisation of the tokenizer as transformers loads it
+(`backend_tokenizer.to_str()`), or of its sorted vocabulary when it has no `tokenizers` backend. It is
+stable across save/load round trips, so the hash in a manifest equals `tokenizer_hash()` of
+`AutoTokenizer.from_pretrained(<out>/tokenizer)` and of the source the tokenizer came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UserError
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+# The BPE trainer gives special tokens the first ids, in this order: bos 0, eos 1, pad 2.
+SPECIAL_TOKENS = (BOS, EOS, PAD)
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+
+
+def train_bpe(texts: Sequence[str], vocab_size: int) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `texts` (deterministic for the same input).
+
+    On a small corpus the vocabulary can stop short of `vocab_size` (no pair left to merge).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"vocab size {vocab_size} is too small: need >= {MIN_VOCAB_SIZE} (256 bytes + 3 special)"
+        )
+    tokenizer = Tokenizer(models.BPE())
+    # add_prefix_space=False: decode(encode(text)) == text, byte for byte.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        # Every byte is in the vocabulary even if the corpus never uses it: no unknown tokens later.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer, length=len(texts))
+    return tokenizer
+
+
+def save_trained(tokenizer: Any, directory: str | Path) -> None:
+    """Write a trained `tokenizers.Tokenizer` as a directory `AutoTokenizer.from_pretrained` loads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "add_prefix_space": False,
+        # Left on, transformers rewrites " ." as "." when decoding: the round trip would lose text.
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000_000,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_pretrained(path_or_id: str | Path) -> Any:
+    """`AutoTokenizer.from_pretrained`, with a one-line `UserError` when it fails or has no eos token."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"tokenizer {str(path_or_id)!r} cannot be loaded: {first_line}") from None
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"tokenizer {str(path_or_id)!r} has no eos token: documents could not be separated")
+    return tokenizer
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 hex of a transformers tokenizer (see the module docstring)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class TextEncoder:
+    """Documents -> token ids, no special tokens added, special-token text in documents kept as text."""
+
+    backend: Any  # a private copy of the tokenizer's `tokenizers.Tokenizer`
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int
+    pad_id: int | None
+
+    def encode(self, texts: list[str]) -> list[Any]:
+        """One (n_i,) int32 numpy array per text (4 bytes a token, not a Python int's ~36)."""
+        import numpy as np
+
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
+
+
+def text_encoder(tokenizer: Any) -> TextEncoder:
+    """A `TextEncoder` for a loaded transformers tokenizer (which is left unchanged)."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(
+            f"tokenizer {tokenizer.name_or_path!r} has no fast (tokenizers) backend; use a tokenizer.json one"
+        )
+    copy = Tokenizer.from_str(backend.to_str())
+    # A saved tokenizer.json may carry truncation/padding settings: documents are packed, never cut or padded.
+    copy.no_truncation()
+    copy.no_padding()
+    # A document that contains the text "<|eos|>" must not gain an eos id (it would split the document).
+    copy.encode_special_tokens = True
+    return TextEncoder(
+        backend=copy,
+        vocab_size=len(tokenizer),
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+    )
