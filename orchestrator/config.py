@@ -114,7 +114,8 @@ class ScalingSection:
 
 @dataclass
 class Config:
-    # Hugging Face id, local path, or "preset:<name>" (see workers.presets).
+    # Hugging Face id, local path, "preset:<name>" (see workers.presets), or "none" to train the
+    # student on hard labels alone (the CE-only baseline, or pre-training a teacher).
     teacher: str = "preset:tiny-llama"
     # Same forms, or "derived": fewer (optionally narrower) layers initialised from the teacher.
     student: str = "derived"
@@ -313,6 +314,17 @@ def validate(config: Config) -> None:
     )
     _require(bool(config.teacher.strip()), "teacher", config.teacher, "must name a model")
     _require(bool(config.student.strip()), "student", config.student, "must name a model or be 'derived'")
+
+    if config.teacher == "none":
+        for key in ("alpha_kd", "alpha_feature", "alpha_attention"):
+            value = getattr(loss, key)
+            _require(value == 0, f"loss.{key}", value, "must be 0 when teacher is 'none'")
+        _require(
+            config.student != "derived",
+            "student",
+            config.student,
+            "cannot be 'derived' when teacher is 'none'",
+        )
 
     _require(0.0 <= c.phase1_end <= 1.0, "curriculum.phase1_end", c.phase1_end, "must be in [0, 1]")
     _require(0.0 <= c.phase2_end <= 1.0, "curriculum.phase2_end", c.phase2_end, "must be in [0, 1]")

@@ -22,7 +22,7 @@ class PreparedRun:
 
 def _text_config(spec: str):
     """A model's config alone (no weights are read); None for presets and derived students."""
-    if preset_name(spec) is not None or spec == "derived":
+    if preset_name(spec) is not None or spec in ("derived", "none"):
         return None
     from transformers import AutoConfig
 
@@ -64,9 +64,10 @@ def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
     max_positions = min(limits) if limits else PRESET_MAX_POSITIONS
     data_cfg = config.data
-    if data_cfg.tokenizer is None and preset_name(config.teacher) is None:
-        # A real teacher brings its own vocabulary: tokenise with it rather than training a new BPE.
-        data_cfg = dataclasses.replace(data_cfg, tokenizer=config.teacher)
+    real_models = [m for m in (config.teacher, config.student) if _text_config(m) is not None]
+    if data_cfg.tokenizer is None and real_models:
+        # A real model brings its own vocabulary: tokenise with it rather than training a new BPE.
+        data_cfg = dataclasses.replace(data_cfg, tokenizer=real_models[0])
     data_dir = ensure_prepared(data_cfg, max_positions=max_positions)
     loop_config = {
         "config": config.to_dict(),

@@ -23,6 +23,7 @@ from workers.engine import build_engine
 from workers.export import export_student
 from workers.models import (
     DERIVED,
+    NO_TEACHER,
     build_model,
     check_vocabularies,
     count_parameters,
@@ -45,20 +46,25 @@ def build_models(config: dict[str, Any], runtime: dict[str, Any]):
     tokenizer = load_tokenizer(runtime["tokenizer"])
     max_positions = int(runtime["max_positions"])
     dtype = teacher_dtype(ds["precision"], bool(config["scaling"]["use_gpu"]))
-    teacher = build_model(config["teacher"], tokenizer, max_positions, train["seed"], dtype)
-    teacher.eval().requires_grad_(False)
+    teacher = None
+    if config["teacher"] != NO_TEACHER:
+        teacher = build_model(config["teacher"], tokenizer, max_positions, train["seed"], dtype)
+        teacher.eval().requires_grad_(False)
     if config["student"] == DERIVED:
         student = derive_student(teacher, config["derive"], train["seed"] + 1)
     else:
         student = build_model(config["student"], tokenizer, max_positions, train["seed"] + 1, torch.float32)
-    check_vocabularies(teacher, student, tokenizer)
+    # Without a teacher only CE is on (validated on the driver); the loss is sized on the student.
+    reference = teacher if teacher is not None else student
+    if teacher is not None:
+        check_vocabularies(teacher, student, tokenizer)
     loss = DistillationLoss.from_config(
         config["loss"],
         config["curriculum"],
         student_hidden_size=hidden_size(student),
-        teacher_hidden_size=hidden_size(teacher),
+        teacher_hidden_size=hidden_size(reference),
         student_num_layers=num_layers(student),
-        teacher_num_layers=num_layers(teacher),
+        teacher_num_layers=num_layers(reference),
     )
     return tokenizer, teacher, student, loss
 
@@ -119,7 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     static = {
         "student_params": count_parameters(student),
-        "teacher_params": count_parameters(teacher),
+        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
         "world_size": world,
     }
     nonfinite_streak = 0

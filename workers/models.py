@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from workers.presets import build_preset_config, preset_name
 
 DERIVED = "derived"
+NO_TEACHER = "none"
 
 
 class ModelSetupError(ValueError):

@@ -30,9 +30,9 @@ class StepResult:
     nonfinite: list[str] = field(default_factory=list)
 
 
-def _teacher_outputs(teacher: torch.nn.Module, batch: Batch, loss, progress: float):
+def _teacher_outputs(teacher: torch.nn.Module | None, batch: Batch, loss, progress: float):
     weights = loss.weights(progress)
-    if weights["kd"] == 0 and weights["feature"] == 0 and weights["attention"] == 0:
+    if teacher is None or weights["kd"] == 0 and weights["feature"] == 0 and weights["attention"] == 0:
         return None  # CE alone needs no teacher forward
     with torch.no_grad():
         return model_outputs(
