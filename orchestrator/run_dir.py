@@ -54,9 +54,11 @@ def prepare_run_dir(run_dir: Path, config: Config) -> bool:
     resuming = False
     if config_path.exists():
         try:
-            old = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError:
+            old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
             raise UserError(f"{config_path} is not valid YAML; refusing to reuse {run_dir}") from None
+        if not isinstance(old, dict):
+            raise UserError(f"{config_path} is not a raydistill config; refusing to reuse {run_dir}")
         diff = incompatible_keys(old, config.to_dict())
         if diff:
             shown = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")

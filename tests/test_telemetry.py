@@ -1,0 +1,318 @@
+"""Driver-side telemetry: the console progress line, the ledger, and metrics.jsonl.
+
+`MetricsCallback` is exercised directly (`after_report(None, [record], None)`): no Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator import telemetry
+from orchestrator.telemetry import (
+    METRICS_FILE,
+    MetricsCallback,
+    ledger,
+    phase_announcement,
+    progress_line,
+    read_metrics,
+)
+
+
+def record(step: int = 10, phase: int = 1, **extra) -> dict:
+    """A record shaped like the worker loop's report (phase 1 weights unless given)."""
+    base = {
+        "step": step,
+        "max_steps": 100,
+        "progress": step / 100,
+        "phase": phase,
+        "lr": 1e-3,
+        "tokens_per_s": 1234.0,
+        "nonfinite_skipped": 0,
+        "loss/total": 2.0,
+        "loss/ce/raw": 3.0,
+        "loss/ce/weight": 0.3,
+        "loss/ce/scaled": 0.9,
+        "loss/kd/raw": 1.5,
+        "loss/kd/weight": 0.7,
+        "loss/kd/scaled": 1.05,
+        "loss/feature/raw": 0.0,
+        "loss/feature/weight": 0.0,
+        "loss/feature/scaled": 0.0,
+        "loss/attention/raw": 0.0,
+        "loss/attention/weight": 0.0,
+        "loss/attention/scaled": 0.0,
+    }
+    base.update(extra)
+    return base
+
+
+# ---------------------------------------------------------------------------------------------
+# progress_line
+
+
+@pytest.mark.parametrize(
+    ("lr", "shown"),
+    [(7.96e-06, "lr 7.96e-06"), (1e-3, "lr 1.00e-03"), (3e-4, "lr 3.00e-04"), (1.5e-9, "lr 1.50e-09")],
+)
+def test_lr_is_printed_in_scientific_notation(lr, shown):
+    line = progress_line(record(lr=lr), None)
+    assert shown in line
+    assert "lr 0.00" not in line
+
+
+def test_warmup_lr_does_not_print_as_zero():
+    line = progress_line(record(lr=7.96e-06), None)
+    assert "7.96e-06" in line
+    assert "0.00e+00" not in line
+
+
+def test_line_shows_step_phase_and_percent():
+    line = progress_line(record(step=25, phase=1), None)
+    assert "[phase 1]" in line
+    assert "step 25/100 (25%)" in line
+
+
+def test_line_shows_each_nonzero_weight_part_and_the_total():
+    line = progress_line(record(), None)
+    assert "loss 2 = ce 0.9 + kd 1.05" in line
+    assert "feature" not in line
+    assert "attention" not in line
+
+
+def test_line_shows_later_phase_parts_once_their_weight_is_nonzero():
+    rec = record(
+        phase=3,
+        **{
+            "loss/feature/weight": 1.0,
+            "loss/feature/scaled": 0.25,
+            "loss/attention/weight": 0.5,
+            "loss/attention/scaled": 0.125,
+        },
+    )
+    line = progress_line(rec, None)
+    assert "ce 0.9 + kd 1.05 + feature 0.25 + attention 0.125" in line
+
+
+def test_small_parts_keep_their_digits():
+    rec = record(**{"loss/kd/scaled": 4.2e-5})
+    assert "kd 4.20e-05" in progress_line(rec, None)
+
+
+def test_eval_ppl_and_ratio_shown_only_when_present():
+    assert "eval ppl" not in progress_line(record(), None)
+    line = progress_line(record(**{"eval/ppl": 33.4, "eval_train_ratio": 1.31}), None)
+    assert "eval ppl 33.4 ratio 1.31" in line
+
+
+@pytest.mark.parametrize(("eta", "shown"), [(0, "eta 0m00s"), (125, "eta 2m05s"), (3725, "eta 1h02m")])
+def test_eta_is_shown(eta, shown):
+    assert shown in progress_line(record(), eta)
+
+
+def test_no_eta_before_there_is_a_rate():
+    assert "eta" not in progress_line(record(), None)
+
+
+def test_skipped_step_is_said_plainly():
+    rec = record(nonfinite_skipped=3)
+    del rec["loss/total"]
+    line = progress_line(rec, None)
+    assert "step skipped (non-finite)" in line
+    assert "skipped 3" in line
+
+
+def test_tokens_per_second_shown():
+    assert "1,234 tok/s" in progress_line(record(), None)
+
+
+def test_phase_announcement_gives_the_new_weights():
+    text = phase_announcement(record(step=30, phase=2, **{"loss/feature/weight": 0.05}))
+    assert "phase 2 begins at step 30" in text
+    assert "ce=0.3" in text and "kd=0.7" in text and "feature=0.05" in text and "attention=0" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# ledger
+
+
+def _sum_row(text: str) -> list[str]:
+    rows = [row for row in text.splitlines() if row.strip().startswith("sum")]
+    assert len(rows) == 1
+    return rows[0].split()
+
+
+def test_ledger_has_raw_weight_scaled_per_part():
+    text = ledger(record())
+    ce_row = next(row for row in text.splitlines() if row.strip().startswith("ce"))
+    assert ce_row.split() == ["ce", "3", "0.3", "0.9"]
+    kd_row = next(row for row in text.splitlines() if row.strip().startswith("kd"))
+    assert kd_row.split() == ["kd", "1.5", "0.7", "1.05"]
+
+
+def test_ledger_shows_the_sum_next_to_the_reported_total():
+    fields = _sum_row(ledger(record(**{"loss/total": 1.95})))
+    assert fields[1] == "1.95"  # 0.9 + 1.05
+    assert fields[-1] == "1.95"
+    assert "reported total" in " ".join(fields)
+
+
+def test_ledger_makes_a_mismatch_visible():
+    fields = _sum_row(ledger(record(**{"loss/total": 7.5})))
+    assert fields[1] == "1.95"
+    assert fields[-1] == "7.5"
+
+
+def test_ledger_for_eval_prefix():
+    rec = {"eval/total": 0.5, "eval/ce/raw": 2.0, "eval/ce/weight": 0.25, "eval/ce/scaled": 0.5}
+    fields = _sum_row(ledger(rec, prefix="eval"))
+    assert fields[1] == "0.5" and fields[-1] == "0.5"
+
+
+# ---------------------------------------------------------------------------------------------
+# MetricsCallback: metrics.jsonl
+
+
+def steps_in(run_dir) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir)]
+
+
+def test_after_report_appends_json_lines(tmp_path):
+    callback = MetricsCallback(str(tmp_path), echo=False)
+    for step in (5, 10, 15):
+        callback.after_report(None, [record(step=step)], None)
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [5, 10, 15]
+    assert json.loads(lines[0]) == record(step=5)
+
+
+def test_after_report_creates_the_run_dir(tmp_path):
+    run_dir = tmp_path / "new" / "run"
+    MetricsCallback(str(run_dir), echo=False).after_report(None, [record(step=1)], None)
+    assert steps_in(run_dir) == [1]
+
+
+def test_rank_zero_record_is_written_and_private_keys_dropped(tmp_path):
+    callback = MetricsCallback(str(tmp_path), echo=False)
+    rank0 = record(step=5, _internal="x")
+    rank1 = record(step=5, lr=0.5)
+    callback.after_report(None, [rank0, rank1], None)
+    (written,) = read_metrics(tmp_path)
+    assert "_internal" not in written
+    assert written["lr"] == 1e-3
+
+
+def test_reports_without_a_step_are_ignored(tmp_path):
+    callback = MetricsCallback(str(tmp_path), echo=False)
+    callback.after_report(None, [], None)
+    callback.after_report(None, [{"loss/total": 1.0}], None)
+    assert not (tmp_path / METRICS_FILE).exists()
+
+
+def test_replayed_step_drops_records_at_and_after_it(tmp_path):
+    callback = MetricsCallback(str(tmp_path), echo=False)
+    for step in (5, 10, 15, 20):
+        callback.after_report(None, [record(step=step, lr=0.001)], None)
+    # A worker restart replays from the step-10 checkpoint.
+    callback.after_report(None, [record(step=10, lr=0.002)], None)
+    callback.after_report(None, [record(step=15, lr=0.002)], None)
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [5, 10, 15]
+    assert [r["lr"] for r in records] == [0.001, 0.002, 0.002]
+
+
+def test_replay_of_the_last_step_keeps_one_copy(tmp_path):
+    callback = MetricsCallback(str(tmp_path), echo=False)
+    callback.after_report(None, [record(step=5)], None)
+    callback.after_report(None, [record(step=10, lr=0.001)], None)
+    callback.after_report(None, [record(step=10, lr=0.002)], None)
+    assert steps_in(tmp_path) == [5, 10]
+    assert read_metrics(tmp_path)[-1]["lr"] == 0.002
+
+
+def test_resume_in_a_new_process_keeps_each_step_once(tmp_path):
+    first = MetricsCallback(str(tmp_path), echo=False)
+    for step in (5, 10, 15):
+        first.after_report(None, [record(step=step)], None)
+    # The driver died after step 15 was logged; the last checkpoint was at step 10.
+    second = MetricsCallback(str(tmp_path), echo=False)
+    for step in (10, 15, 20):
+        second.after_report(None, [record(step=step)], None)
+    assert steps_in(tmp_path) == [5, 10, 15, 20]
+
+
+def test_read_metrics_of_a_missing_file_is_empty(tmp_path):
+    assert read_metrics(tmp_path) == []
+    assert read_metrics(tmp_path / METRICS_FILE) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# MetricsCallback: the console
+
+
+def test_echo_prints_a_progress_line_per_report(tmp_path, capsys):
+    callback = MetricsCallback(str(tmp_path))
+    callback.after_report(None, [record(step=10, lr=7.96e-06)], None)
+    out = capsys.readouterr().out
+    assert "step 10/100" in out
+    assert "lr 7.96e-06" in out
+
+
+def test_echo_off_prints_nothing(tmp_path, capsys):
+    MetricsCallback(str(tmp_path), echo=False).after_report(None, [record()], None)
+    assert capsys.readouterr().out == ""
+
+
+def test_eta_from_the_observed_rate(tmp_path, capsys, monkeypatch):
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(telemetry.time, "monotonic", lambda: next(clock))
+    callback = MetricsCallback(str(tmp_path))
+    callback.after_report(None, [record(step=10)], None)
+    first = capsys.readouterr().out
+    assert "eta" not in first
+    callback.after_report(None, [record(step=20)], None)
+    # 10 steps in 10 s, 80 steps to go.
+    assert "eta 1m20s" in capsys.readouterr().out
+
+
+def test_each_phase_transition_is_announced_once(tmp_path, capsys):
+    callback = MetricsCallback(str(tmp_path))
+    for step, phase in [(10, 1), (20, 1), (30, 2), (40, 2), (60, 3), (70, 3)]:
+        callback.after_report(None, [record(step=step, phase=phase)], None)
+    out = capsys.readouterr().out
+    assert out.count("begins at step") == 3
+    assert "phase 1 begins at step 10" in out
+    assert "phase 2 begins at step 30" in out
+    assert "phase 3 begins at step 60" in out
+
+
+def test_resume_within_a_phase_is_not_announced_again(tmp_path, capsys):
+    first = MetricsCallback(str(tmp_path))
+    for step, phase in [(10, 1), (30, 2), (40, 2)]:
+        first.after_report(None, [record(step=step, phase=phase)], None)
+    capsys.readouterr()
+    second = MetricsCallback(str(tmp_path))
+    second.after_report(None, [record(step=40, phase=2)], None)
+    assert "begins" not in capsys.readouterr().out
+
+
+def test_nonfinite_components_are_named(tmp_path, capsys):
+    rec = record(step=10, nonfinite_skipped=1, nonfinite_components="kd,feature")
+    del rec["loss/total"]
+    MetricsCallback(str(tmp_path)).after_report(None, [rec], None)
+    out = capsys.readouterr().out
+    assert "non-finite loss in: kd,feature" in out
+
+
+def test_ledger_printed_every_debug_interval(tmp_path, capsys):
+    callback = MetricsCallback(str(tmp_path), debug_every=20)
+    callback.after_report(None, [record(step=10)], None)
+    assert "reported total" not in capsys.readouterr().out
+    callback.after_report(None, [record(step=20)], None)
+    assert "reported total" in capsys.readouterr().out
+
+
+def test_no_ledger_without_a_debug_interval(tmp_path, capsys):
+    MetricsCallback(str(tmp_path)).after_report(None, [record(step=20)], None)
+    assert "reported total" not in capsys.readouterr().out
