@@ -32,8 +32,10 @@ def default_run_dir(config_path: str) -> Path:
     return Path("runs") / Path(config_path).stem
 
 
-def run_training(config: Config, run_dir: Path, echo: bool = True) -> Path:
-    """Prepare data, run the TorchTrainer to the end, return the exported student's path."""
+def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict | None = None) -> Path:
+    """Prepare data, run the TorchTrainer to the end, return the exported student's path.
+
+    `faults` (tests only) is passed to workers.faults.FaultInjector."""
     from orchestrator.ray_session import ensure_ray
     from orchestrator.run_dir import prepare_run_dir
     from orchestrator.telemetry import MetricsCallback
@@ -42,6 +44,8 @@ def run_training(config: Config, run_dir: Path, echo: bool = True) -> Path:
     run_dir = run_dir.resolve()
     resuming = prepare_run_dir(run_dir, config)
     prepared = prepare_run(config, run_dir)
+    if faults:
+        prepared.loop_config["runtime"]["faults"] = faults
     ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker)
     if echo:
         verb = "resuming" if resuming else "starting"

@@ -21,6 +21,7 @@ from workers.dist import barrier
 from workers.distill_loss import DistillationLoss
 from workers.engine import build_engine
 from workers.export import export_student
+from workers.faults import FaultInjector
 from workers.models import (
     DERIVED,
     NO_TEACHER,
@@ -105,6 +106,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(train["seed"] + rank)
 
     tokenizer, teacher, student, loss = build_models(config, runtime)
+    faults = FaultInjector(runtime.get("faults"), rank)
+    faults.attach(teacher)
     engine = build_engine(StudentWithLoss(student, loss), config, world)
 
     position = TrainingPosition()
@@ -134,7 +137,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = position.step
     while step < max_steps:
         progress = step / max_steps
+        faults.before_step(step + 1)
         result = train_step(engine, teacher, train_iter.window(int(train["grad_accum"])), progress)
+        faults.after_step()
         step += 1
         window_tokens += result.tokens
         if result.skipped:

@@ -1,0 +1,48 @@
+"""Fault injection for the end-to-end tests: a worker crash at a step, or NaN teacher logits.
+
+Only active when the driver puts a `faults` dict into the loop config's runtime section (tests do;
+the CLI never does). It exercises the real recovery paths: Ray Train's FailureConfig restart from
+the last checkpoint, and the non-finite step skipping of DESIGN invariant 4.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class FaultInjector:
+    def __init__(self, faults: dict[str, Any] | None, rank: int):
+        faults = faults or {}
+        self.crash_at_step = faults.get("crash_at_step")
+        self.crash_rank = int(faults.get("crash_rank", 1))
+        self.crash_marker = faults.get("crash_marker")
+        self.nan_teacher_steps = set(faults.get("nan_teacher_steps", []))
+        self.rank = rank
+        self.current_step = 0
+
+    def attach(self, teacher: torch.nn.Module | None) -> None:
+        if teacher is not None and self.nan_teacher_steps:
+            teacher.register_forward_hook(self._poison_logits)
+
+    def _poison_logits(self, module, args, output):
+        if self.current_step in self.nan_teacher_steps:
+            output.logits = torch.full_like(output.logits, float("nan"))
+        return output
+
+    def after_step(self) -> None:
+        self.current_step = 0  # evals after the step see a healthy teacher
+
+    def before_step(self, step: int) -> None:
+        """`step` is the 1-based number of the step about to run."""
+        self.current_step = step
+        if self.crash_at_step is None or step != self.crash_at_step or self.rank != self.crash_rank:
+            return
+        marker = Path(self.crash_marker)
+        if marker.exists():
+            return  # crash only once, so the restarted run goes through
+        marker.write_text("crashed\n")
+        os._exit(1)  # a hard worker death, as a lost node would look to Ray
