@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from orchestrator.telemetry import COMPONENTS, read_metrics
 
 REPORT_MD = "report.md"
@@ -211,7 +213,10 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if summary.get("baseline_ppl") is not None:
         rows.append(("CE-only student", f"eval ppl {_fmt(summary['baseline_ppl'])}"))
-    rows.append(("distillation throughput", f"{_fmt(summary.get('tokens_per_s'))} tokens/s"))
+    rate = summary.get("tokens_per_s")
+    rows.append(
+        ("distillation throughput", "n/a" if rate is None else f"{rate:,.0f} tokens/s (training steps only)")
+    )
     rows.append(("wall time", _duration(summary.get("wall_s"))))
     for key, label in (("teacher_train_s", "  teacher pre-training"), ("distill_s", "  distillation")):
         if summary.get(key) is not None:
@@ -297,7 +302,32 @@ def _phase_spans(records: Sequence[dict[str, Any]]) -> list[tuple[int, float, fl
     return spans
 
 
-def write_plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
+def schedule_of(run_config: dict[str, Any] | None):
+    """The run's curriculum schedule from its resolved config (config.yaml), or None."""
+    if not run_config:
+        return None
+    from workers.curriculum import CurriculumSchedule
+
+    loss, cur = run_config["loss"], run_config["curriculum"]
+    alpha = {c: loss[f"alpha_{c}"] for c in COMPONENTS}
+    return CurriculumSchedule(cur["phase1_end"], cur["phase2_end"], alpha, cur["enabled"])
+
+
+def _schedule_spans(schedule, max_steps: int) -> list[tuple[int, float, float]]:
+    """Exact phase spans in steps: step s trains at progress (s - 1) / max_steps."""
+    spans: list[tuple[int, float, float]] = []
+    for step in range(1, max_steps + 1):
+        phase = schedule.phase((step - 1) / max_steps)
+        if spans and spans[-1][0] == phase:
+            spans[-1] = (phase, spans[-1][1], step)
+        else:
+            spans.append((phase, step - 1, step))
+    return spans
+
+
+def write_plot(
+    records: Sequence[dict[str, Any]], path: Path, run_config: dict[str, Any] | None = None
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,12 +337,25 @@ def write_plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
     (raw_ax, scaled_ax, weight_ax), (ratio_ax, lr_ax, ppl_ax) = axes
     trained = [r for r in records if "loss/total" in r]
     steps = [r["step"] for r in trained]
-    spans = _phase_spans(records)
+    schedule = schedule_of(run_config)
+    max_steps = int(run_config["train"]["max_steps"]) if run_config else 0
+    spans = _schedule_spans(schedule, max_steps) if schedule is not None else _phase_spans(records)
     colours = {"ce": "tab:blue", "kd": "tab:orange", "feature": "tab:green", "attention": "tab:red"}
 
-    def shade(ax) -> None:
+    def shade(ax, label: bool = False) -> None:
         for phase, start, end in spans:
             ax.axvspan(start, end, color=PHASE_COLOURS.get(phase, "#ffffff"), zorder=0, lw=0)
+            if label:
+                ax.text(
+                    (start + end) / 2,
+                    1.0,
+                    f"phase {phase}",
+                    transform=ax.get_xaxis_transform(),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color="dimgrey",
+                )
         for _, start, _ in spans[1:]:
             ax.axvline(start, color="grey", ls=":", lw=1)
 
@@ -332,17 +375,25 @@ def write_plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
 
-    shade(weight_ax)
-    for c in COMPONENTS:
-        if any(r.get(f"loss/{c}/weight", 0) > 0 for r in records):
-            weight_ax.plot(
-                [r["step"] for r in records],
-                [r.get(f"loss/{c}/weight", 0.0) for r in records],
-                label=c,
-                color=colours[c],
-                drawstyle="steps-post",
-            )
-    weight_ax.set_title("curriculum weights")
+    shade(weight_ax, label=True)
+    if schedule is not None:
+        # Every step's weights from the run's own schedule (the logged ones are every log_every steps).
+        grid = list(range(1, max_steps + 1))
+        per_step = [schedule.weights((step - 1) / max_steps) for step in grid]
+        for c in COMPONENTS:
+            if any(w[c] > 0 for w in per_step):
+                weight_ax.plot(grid, [w[c] for w in per_step], label=c, color=colours[c])
+    else:
+        for c in COMPONENTS:
+            if any(r.get(f"loss/{c}/weight", 0) > 0 for r in records):
+                weight_ax.plot(
+                    [r["step"] for r in records],
+                    [r.get(f"loss/{c}/weight", 0.0) for r in records],
+                    label=c,
+                    color=colours[c],
+                    drawstyle="steps-post",
+                )
+    weight_ax.set_title("curriculum weights", pad=14)
     weight_ax.set_xlabel("step")
     weight_ax.legend(fontsize=8)
 
@@ -384,7 +435,9 @@ def write_report(run_dir: str | Path, summary: dict[str, Any] | None = None) -> 
     """Write `report.md` and `report.png` into `run_dir` from its metrics.jsonl."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
-    png = write_plot(records, run_dir / REPORT_PNG)
+    config_path = run_dir / "config.yaml"
+    run_config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    png = write_plot(records, run_dir / REPORT_PNG, run_config)
     md = run_dir / REPORT_MD
     md.write_text(render_markdown(records, summary, png.name))
     return md, png
