@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import os
 
+# Keep the console to raydistill's own progress lines: no Ray Data progress bars (raw terminal codes
+# in job logs), no DeepSpeed accelerator-detection warning, no torch.distributed deprecation noise.
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+}
+# Set only for CPU runs: on a GPU machine DeepSpeed must detect CUDA itself.
+CPU_ONLY_ENV = {"DS_ACCELERATOR": "cpu"}
+
 
 def logical_cpus(num_workers: int, cpus_per_worker: float) -> int:
     # Ray Data's read tasks need CPUs beside the training workers', or the input pipeline starves.
     return max(os.cpu_count() or 1, int(num_workers * cpus_per_worker + 0.999) + 2)
 
 
-def ensure_ray(num_workers: int, cpus_per_worker: float) -> None:
+def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    env = {"TOKENIZERS_PARALLELISM": "false"}
+    env = WORKER_ENV if use_gpu else {**WORKER_ENV, **CPU_ONLY_ENV}
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
         return

@@ -46,7 +46,7 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     prepared = prepare_run(config, run_dir)
     if faults:
         prepared.loop_config["runtime"]["faults"] = faults
-    ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker)
+    ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker, config.scaling.use_gpu)
     if echo:
         verb = "resuming" if resuming else "starting"
         print(

@@ -85,7 +85,7 @@ def build_trainer(
     config: Config, run_dir: Path, prepared: PreparedRun, callbacks: list | None = None, name=None
 ):
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from workers.ds_config import communication_backend
@@ -112,6 +112,8 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
             callbacks=callbacks or [],
+            # Ray Train's per-report INFO lines would drown the progress line.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all", execution_options=execution),

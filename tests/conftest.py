@@ -15,6 +15,8 @@ def ray_cluster():
     placement-group cleaner needs it. 4 logical CPUs: 2 training workers plus Ray Data read tasks."""
     import ray
 
+    from orchestrator.ray_session import CPU_ONLY_ENV, WORKER_ENV
+
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
@@ -23,7 +25,7 @@ def ray_cluster():
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         logging_level="WARNING",
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        runtime_env={"env_vars": {**WORKER_ENV, **CPU_ONLY_ENV}},
     )
     yield
     ray.shutdown()

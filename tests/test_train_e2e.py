@@ -154,7 +154,9 @@ def test_non_finite_steps_are_skipped_counted_and_named_then_too_many_stop_the_r
     ray_cluster, tiny_data_dir, tmp_path
 ):
     run_dir = tmp_path / "nan"
-    config = make_config(tiny_data_dir, "train.max_steps=8", "train.max_nonfinite_in_a_row=2")
+    config = make_config(
+        tiny_data_dir, "train.max_steps=8", "train.checkpoint_every=4", "train.max_nonfinite_in_a_row=2"
+    )
     with pytest.raises(TrainingFailed, match="non-finite steps in a row"):
         # Step 2 is poisoned alone (skipped, run goes on); steps 5 and 6 in a row stop the run.
         run_training(config, run_dir, echo=False, faults={"nan_teacher_steps": [2, 5, 6]})

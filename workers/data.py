@@ -16,17 +16,19 @@ import torch
 Batch = dict[str, torch.Tensor]
 
 
-def to_batch(input_ids: Any) -> Batch:
+def to_batch(input_ids: Any, device: torch.device | str = "cpu") -> Batch:
     """Packed sequences carry no padding: every token is attended and is its own label."""
-    ids = torch.as_tensor(
-        np.stack(list(input_ids)) if input_ids.dtype == object else input_ids
-    ).long()  # (B, T)
+    ids = torch.as_tensor(np.stack(list(input_ids)) if input_ids.dtype == object else input_ids)
+    ids = ids.to(device=device, dtype=torch.long)  # (B, T)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
 class TrainBatches:
-    def __init__(self, shard, micro_batch_size: int, seed: int, epoch: int = 0, consumed: int = 0):
+    def __init__(
+        self, shard, micro_batch_size: int, seed: int, epoch: int = 0, consumed: int = 0, device="cpu"
+    ):
         self._shard = shard
+        self._device = device
         self._micro_batch_size = micro_batch_size
         self._seed = seed
         self.epoch = epoch
@@ -42,7 +44,7 @@ class TrainBatches:
             local_shuffle_buffer_size=max(4 * self._micro_batch_size, 64),
             local_shuffle_seed=self._seed + self.epoch,
         )
-        return (to_batch(b["input_ids"]) for b in batches)
+        return (to_batch(b["input_ids"], self._device) for b in batches)
 
     def __next__(self) -> Batch:
         if self._iterator is None:
@@ -71,13 +73,13 @@ class TrainBatches:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
 
-def eval_batches(shard, micro_batch_size: int, max_batches: int) -> list[Batch]:
+def eval_batches(shard, micro_batch_size: int, max_batches: int, device="cpu") -> list[Batch]:
     """The first `max_batches` batches of this worker's eval shard, read once and reused at every eval
     (the whole epoch is consumed so Ray Data's split coordinator is never left mid-epoch)."""
     kept: list[Batch] = []
     for b in shard.iter_batches(batch_size=micro_batch_size, batch_format="numpy", drop_last=False):
         if len(kept) < max_batches:
-            kept.append(to_batch(b["input_ids"]))
+            kept.append(to_batch(b["input_ids"], device))
     if not kept:
         raise RuntimeError("this worker's eval shard is empty; raise data.eval_fraction or use fewer workers")
     return kept

@@ -41,3 +41,29 @@ def build_engine(module: torch.nn.Module, config: dict[str, Any], world_size: in
         dist_init_required=False,
     )
     return engine
+
+
+def place_teacher(teacher: torch.nn.Module, config: dict[str, Any], device: torch.device):
+    """Put the frozen teacher where the student is. With `deepspeed.teacher_zero3` (GPU clusters)
+    it becomes a ZeRO-3 inference engine with no optimizer, sharded across the workers as TRL does
+    for its reference models, so a teacher larger than one GPU's memory still fits."""
+    if not config["deepspeed"]["teacher_zero3"]:
+        return teacher.to(device)
+    import deepspeed
+
+    hidden = int(teacher.config.get_text_config().hidden_size)
+    ds_config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": int(config["train"]["micro_batch_size"]),
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 10 * hidden,
+            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        },
+    }
+    if config["deepspeed"]["precision"] == "bf16":
+        ds_config["bf16"] = {"enabled": True}
+    elif config["deepspeed"]["precision"] == "fp16":
+        ds_config["fp16"] = {"enabled": True}
+    engine, *_ = deepspeed.initialize(model=teacher, config=ds_config, dist_init_required=False)
+    engine.eval()
+    return engine

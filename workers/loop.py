@@ -9,6 +9,7 @@ reported metrics are all-reduced first, since only rank 0's are kept.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -17,9 +18,9 @@ import torch
 from workers.checkpointing import TrainingPosition, restore, saved_checkpoint
 from workers.curriculum import COMPONENTS
 from workers.data import TrainBatches, eval_batches
-from workers.dist import barrier
+from workers.dist import any_rank, barrier
 from workers.distill_loss import DistillationLoss
-from workers.engine import build_engine
+from workers.engine import build_engine, place_teacher
 from workers.export import export_student
 from workers.faults import FaultInjector
 from workers.models import (
@@ -96,6 +97,7 @@ class TrainRawAverager:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
+    import ray.train.torch
 
     config, runtime = loop_config["config"], loop_config["runtime"]
     train = config["train"]
@@ -105,13 +107,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["scaling"]["cpus_per_worker"])))
     torch.manual_seed(train["seed"] + rank)
 
+    device = ray.train.torch.get_device()  # cuda:<local rank> on GPU workers, cpu otherwise
     tokenizer, teacher, student, loss = build_models(config, runtime)
+    # Counted before DeepSpeed: under ZeRO-3 parameters become empty placeholders.
+    static = {
+        "student_params": count_parameters(student),
+        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
+        "world_size": world,
+    }
     faults = FaultInjector(runtime.get("faults"), rank)
     faults.attach(teacher)
     engine = build_engine(StudentWithLoss(student, loss), config, world)
+    if teacher is not None:
+        teacher = place_teacher(teacher, config, device)
 
     position = TrainingPosition()
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and runtime.get("start_checkpoint"):
+        # A sweep trial that Tune restarts from its checkpoint (PBT, HyperBand) begins a new Train run.
+        checkpoint = ray.train.Checkpoint(runtime["start_checkpoint"])
     if checkpoint is not None:
         position = restore(engine, checkpoint, rank)
 
@@ -120,17 +134,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.train.get_dataset_shard("train"),
         int(train["micro_batch_size"]),
         int(train["seed"]),
+        device=device,
         **position.data,
     )
     evals = eval_batches(
-        ray.train.get_dataset_shard("eval"), int(train["micro_batch_size"]), int(train["eval_batches"])
+        ray.train.get_dataset_shard("eval"),
+        int(train["micro_batch_size"]),
+        int(train["eval_batches"]),
+        device,
     )
 
-    static = {
-        "student_params": count_parameters(student),
-        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
-        "world_size": world,
-    }
     nonfinite_streak = 0
     averager = TrainRawAverager()
     window_tokens, window_start = 0, time.perf_counter()
@@ -193,6 +206,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(record)
         window_tokens, window_start = 0, time.perf_counter()
+        if runtime.get("stop_file") and any_rank(os.path.exists(runtime["stop_file"])):
+            return  # a sweep trial Tune has stopped: leave at once, no export
 
     export_student(engine, tokenizer, runtime["student_dir"], rank, int(config["deepspeed"]["zero_stage"]))
     barrier()

@@ -5,7 +5,8 @@ backward it is weighted by its share of the tokens in the whole accumulation win
 masks of different sizes do not change the gradient. Logged values stay per-token means.
 
 Non-finite handling (invariant 4): a micro-batch whose loss has a non-finite component on any rank
-gets no backward on any rank, and the window's optimizer step runs with lr 0 so parameters do not move.
+has its loss replaced on every rank by a zero surrogate (exactly-zero gradients), and the window's
+optimizer step runs with lr 0 so parameters do not move (AdamW's moments still decay by one step).
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def train_step(
         nonfinite = breakdown.nonfinite()
         if any_rank(bool(nonfinite)):
             bad_components.extend(nonfinite or ["(another rank)"])
+            del breakdown
+            surrogate = engine(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["labels"],
+                None,
+                progress,
+                zero_surrogate=True,
+            )
+            engine.backward(surrogate, scale_wrt_gas=False)
         else:
             # engine.backward would divide by grad_accum; the token share already does the averaging.
             share = n_tokens * world_size() / window_tokens

@@ -44,9 +44,18 @@ class StudentWithLoss(torch.nn.Module):
         teacher_out,
         progress: float,
         with_plain_ce: bool = False,
-    ) -> tuple[LossBreakdown, torch.Tensor | None]:
+        zero_surrogate: bool = False,
+    ) -> tuple[LossBreakdown, torch.Tensor | None] | torch.Tensor:
         """Returns the breakdown and, if asked, plain token CE from the same logits (eval reports it
-        even when alpha_ce is 0 and the breakdown skipped CE)."""
+        even when alpha_ce is 0 and the breakdown skipped CE).
+
+        `zero_surrogate=True` returns instead a scalar 0 whose backward gives exactly-zero gradients
+        (logits-only forward; `nan_to_num`'s backward masks non-finite positions). It stands in for a
+        micro-batch whose loss was non-finite: DeepSpeed's ZeRO optimizers need a backward before
+        every step, and no non-finite value may reach the gradients."""
+        if zero_surrogate:
+            logits = self.student(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return logits.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
         request = self.loss.required_outputs(progress)
         student_out = model_outputs(self.student, input_ids, attention_mask, request)
         # `.forward`, not `__call__`: the breakdown is a dataclass, which ZeRO-3's module hooks cannot
