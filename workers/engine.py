@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from workers.ds_config import build_deepspeed_config
+from workers.safe_checkpoint import use_weights_only_loading
 
 
 def adamw_param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -40,6 +41,7 @@ def build_engine(module: torch.nn.Module, config: dict[str, Any], world_size: in
         # Ray Train already created the process group (gloo on CPU, nccl on GPU).
         dist_init_required=False,
     )
+    use_weights_only_loading(engine)
     return engine
 
 
