@@ -4,6 +4,8 @@ engines (gloo on CPU), real Hugging Face models saved and loaded. No mocks."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,30 @@ def test_checkpoints_hold_deepspeed_format_and_rerun_resumes_to_the_same_student
     assert (latest / "latest").exists() and (latest / "zero_to_fp32.py").exists()
     assert len(list(latest.glob("step_*/zero_pp_rank_*_optim_states.pt"))) == 2  # one partition per rank
     before = student_state(student_dir)
+    # DeepSpeed's own consolidation script turns the ZeRO partitions into the exported weights.
+    consolidated_dir = run_dir.parent / "consolidated"
+    subprocess.run(
+        [
+            sys.executable,
+            str(latest / "zero_to_fp32.py"),
+            str(latest),
+            str(consolidated_dir),
+            "--safe_serialization",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    from safetensors.torch import load_file
+
+    consolidated = {}
+    for shard in consolidated_dir.glob("*.safetensors"):
+        consolidated.update(load_file(shard))
+    student_keys = {
+        k.removeprefix("student."): v for k, v in consolidated.items() if k.startswith("student.")
+    }
+    assert student_keys.keys() & before.keys() and all(k in student_keys for k in before if "rotary" not in k)
+    for key, value in student_keys.items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
     # Same run dir again: resumes from the step-12 checkpoint, trains nothing, re-exports.
     run_training(make_config(tiny_data_dir, "deepspeed.zero_stage=2"), run_dir, echo=False)
     after = student_state(student_dir)
