@@ -79,4 +79,17 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
     student = run_training(config, run_dir)
     print(f"raydistill: student saved to {student} (load it with AutoModelForCausalLM.from_pretrained)")
+    print_health(student.parent)
     return 0
+
+
+def print_health(run_dir: Path) -> None:
+    """Write report.md / report.png and end the console output with the health verdict."""
+    from orchestrator.report import health_verdict, write_report
+    from orchestrator.telemetry import read_metrics
+
+    md, png = write_report(run_dir)
+    print(f"raydistill: report in {md} and {png}")
+    print("health:")
+    for name, passed, figure in health_verdict(read_metrics(run_dir)):
+        print(f"  {'PASS' if passed else 'FAIL'}  {name}: {figure}")
