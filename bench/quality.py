@@ -11,8 +11,8 @@ Runs (each a real `run_training`: 2 Ray Train workers, DeepSpeed ZeRO-2, configs
   e  the shipped default: configs/demo.yaml as it is
 plus the teacher (the demo's cached pre-trained teacher, trained first if missing, or --teacher).
 
-Every model's perplexity is measured on the driver the same way, on the same first `--eval-sequences`
-sequences of the eval split (`orchestrator.demo.evaluate_perplexity`). Times: `wall_s` is the whole
+Every model's perplexity is measured on the driver the same way, on the same eval sequences (the whole
+eval split by default) (`orchestrator.demo.evaluate_perplexity`). Times: `wall_s` is the whole
 `run_training` call (Ray Train start-up, data, training, checkpoints, export); `s_per_step` is the
 training time per step from the run's own tokens/s, so `b - a` is the teacher's forward cost per step.
 Writes bench/results/quality.json; run dirs live under runs/bench-quality/ and a finished run is reused.
@@ -139,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME:KEY=VALUE,...",
         help="another candidate run, e.g. --extra 'p0_0.2:curriculum.phase1_end=0,curriculum.phase2_end=0.2'",
     )
-    parser.add_argument("--eval-sequences", type=int, default=512)
+    parser.add_argument(
+        "--eval-sequences",
+        type=int,
+        default=0,
+        help="evenly spaced eval sequences (default 0 = the whole split)",
+    )
     parser.add_argument("--run-root", default="runs/bench-quality")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     args = parser.parse_args(argv)

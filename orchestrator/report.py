@@ -243,8 +243,8 @@ def render_markdown(
         if summary.get("eval_sequences"):
             lines += [
                 "",
-                f"Perplexities: teacher and student measured the same way, on the first "
-                f"{summary['eval_sequences']} sequences of the eval split "
+                f"Perplexities: teacher and student measured the same way, on the same "
+                f"{summary['eval_sequences']} evenly spaced sequences of the eval split "
                 f"({summary.get('eval_tokens', 0):,} tokens).",
             ]
         lines.append("")
