@@ -92,6 +92,9 @@ def build_trainer(
     from workers.loop import train_loop_per_worker
 
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same shard contents on resume
+    # Ray Data reads its context in the driver and ships it to the split coordinator: its progress
+    # bars (raw terminal codes in job logs) would drown raydistill's own progress line.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {
         "train": ray.data.read_parquet(str(prepared.data_dir / "train")),
         "eval": ray.data.read_parquet(str(prepared.data_dir / "eval")),

@@ -95,10 +95,21 @@ class TrainRawAverager:
         self.counts.clear()
 
 
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every `report` call at INFO from a logger named after its module's file path
+    (so `LoggingConfig(log_level=...)` misses it); the console line comes from raydistill instead."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_ray_train_reports()
     config, runtime = loop_config["config"], loop_config["runtime"]
     train = config["train"]
     context = ray.train.get_context()
