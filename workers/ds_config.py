@@ -39,7 +39,8 @@ def build_deepspeed_config(config: dict[str, Any], world_size: int) -> dict[str,
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": int(train["max_steps"]),
-                "warmup_num_steps": int(train["warmup_steps"]),
+                # DeepSpeed refuses 0 warm-up steps; 1 is a no-op warm-up.
+                "warmup_num_steps": max(1, int(train["warmup_steps"])),
                 "warmup_type": "linear",
                 "warmup_min_ratio": 0.0,
                 "cos_min_ratio": float(train["min_lr_ratio"]),

@@ -40,7 +40,11 @@ def _keep(x: Tensor, mask: Tensor | None) -> Tensor:
         return x.reshape(-1, *x.shape[2:])
     if mask.shape != x.shape[:2]:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match (B, T) = {tuple(x.shape[:2])}")
-    return x[mask.bool()]
+    mask = mask.bool()
+    if bool(mask.all()):
+        # Packed sequences never pad: skip the boolean gather, which copies the (N, V) logits.
+        return x.reshape(-1, *x.shape[2:])
+    return x[mask]
 
 
 def _mean(per_token: Tensor) -> Tensor:
