@@ -1,0 +1,240 @@
+"""A real 4-trial sweep: local Ray, Tune's ASHA + the eval/train ratio stopper, each trial a TorchTrainer
+with one DeepSpeed worker on tiny models. One trial is built to overfit (train and eval text differ
+and its learning rate is 50-100x the others'), and the ratio stopper must stop it. The best config then re-runs
+through `raydistill train`. No mocks."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from orchestrator.config import load_config
+from orchestrator.sweep import SweepSettings, run_sweep
+from orchestrator.sweep_results import BEST_CONFIG, RESULTS_CSV, read_results_csv
+from search_spaces import get_space
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+MAX_STEPS = 40
+OVERFIT_LR = 1e-2
+LRS = [1e-4, 1.5e-4, 2e-4, OVERFIT_LR]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """Ray for this module: a fresh local instance with the dashboard on (bound to 127.0.0.1), which
+    Ray Train's placement-group cleaner needs. 4 logical CPUs: two 1-worker trials at a time plus Ray Data."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
+    )
+    yield
+    ray.shutdown()
+
+
+def gap_corpus(root: Path) -> Path:
+    """Train text one trial can overfit in a few steps. Train: two long documents of one sentence in
+    rotation, which a bigram model predicts almost perfectly. Eval: one short document of the same
+    sentence with lines of random words mixed in, small enough to be the only document the token-share
+    split holds out. A trial that learns fast drives its train loss far below its eval loss (the
+    random lines stay unpredictable) while its eval ppl still beats the slow trials', so the scheduler
+    keeps it and only the ratio stopper can catch it."""
+    corpus = root / "corpus"
+    corpus.mkdir()
+    cycle = "the quick brown fox jumps over the lazy dog".split()
+
+    def sentence(k: int) -> str:
+        return " ".join(cycle[k % 9 :] + cycle[: k % 9])
+
+    for i in range(2):
+        lines = [sentence(k) for k in range(i * 7, i * 7 + 700)]
+        (corpus / f"pattern{i}.txt").write_text("\n".join(lines) + "\n")
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3)) for _ in range(100)]
+    lines = []
+    for k in range(70):
+        lines.append(" ".join(rng.choice(words) for _ in range(6)) if k % 2 else sentence(k))
+    (corpus / "mixed.txt").write_text("\n".join(lines) + "\n")
+    return corpus
+
+
+def base_config(tmp_path: Path):
+    corpus = gap_corpus(tmp_path)
+    return load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.source={corpus}",
+            "data.max_files=null",
+            "data.eval_fraction=0.2",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "scaling.num_workers=1",  # two trials at a time on 4 logical CPUs (one CPU stays for Ray Data)
+            f"train.max_steps={MAX_STEPS}",
+            "train.warmup_steps=1",  # DeepSpeed's WarmupDecayLR refuses 0
+            "train.weight_decay=0",
+            "train.log_every=5",
+            "train.eval_every=5",
+            "train.checkpoint_every=20",
+            # CE carries the train/eval gap; the random tiny teacher's parts are alike on both sets
+            "loss.alpha_ce=1.0",
+            "loss.alpha_kd=0.3",
+        ],
+    )
+
+
+def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp_path):
+    import ray
+
+    from orchestrator.train_command import run_training
+
+    base = base_config(tmp_path)
+    # Four trials: the learning rates on a grid (the last one overfits), curriculum sampled as usual.
+    space = {"train.lr": tune.grid_search(LRS), **get_space("curriculum")}
+    settings = SweepSettings(space="custom", num_samples=1, max_eval_train_ratio=2.0, ratio_grace_evals=1)
+    run_dir = tmp_path / "sweep"
+    summary = run_sweep(base, settings, run_dir, space=space)
+
+    rows = {float(r["train.lr"]): r for r in read_results_csv(run_dir / RESULTS_CSV)}
+    assert sorted(rows) == sorted(LRS)
+    for row in rows.values():
+        assert {"trial_id", "curriculum.phase1_end", "curriculum.phase2_end"} <= set(row)
+        assert float(row["curriculum.phase1_end"]) <= float(row["curriculum.phase2_end"])
+        assert row["stop_reason"] in ("completed", "scheduler", "eval_train_ratio"), row
+        assert math.isfinite(float(row["best_eval_ppl"]))
+        assert float(row["best_eval_ppl"]) <= float(row["final_eval_ppl"])
+
+    overfit = rows[OVERFIT_LR]
+    assert overfit["stop_reason"] == "eval_train_ratio", overfit
+    assert float(overfit["eval_train_ratio"]) > 2.0
+    assert int(overfit["steps"]) < MAX_STEPS  # stopped early, and its workers left promptly
+    assert any(r["stop_reason"] == "completed" for r in rows.values())
+
+    # Stopped trials shut their Train runs down cleanly: no placement group outlives its trial.
+    live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert live == []
+
+    # The Tune experiment and per-trial metrics are in the run dir.
+    assert (run_dir / "tune").is_dir()
+    assert len(list((run_dir / "trials").glob("*/metrics.jsonl"))) == 4
+
+    # best_config.yaml is a complete config `raydistill train` accepts as is.
+    best = load_config(run_dir / BEST_CONFIG)
+    assert summary.best is not None and summary.best["stop_reason"] == "completed"
+    assert best.train.lr == float(summary.best["train.lr"]) != OVERFIT_LR
+    assert best.curriculum.phase2_end == float(summary.best["curriculum.phase2_end"])
+    student = run_training(best, tmp_path / "best-run", echo=False)
+    assert (student / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a cluster: CLI errors, stop reasons, the CSV and best_config.yaml, trial resources.
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--space", "nope"], "unknown search space; known: curriculum"),
+        (["--num-samples", "0"], "--num-samples 0: must be an integer >= 1"),
+        (["--scheduler", "random"], "--scheduler 'random': must be one of asha"),
+        (["--max-eval-train-ratio", "0"], "--max-eval-train-ratio 0.0: must be a number > 0"),
+    ],
+)
+def test_cli_refuses_bad_input_in_one_line(argv, message, capsys):
+    from orchestrator.cli import main
+
+    code = main(["sweep", "--config", str(ROOT / "configs" / "tiny.yaml"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("raydistill: error: ") and message in err and "\n" not in err
+
+
+def test_cli_resume_needs_a_sweep_dir(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "no sweep there" in capsys.readouterr().err
+
+
+def record(status="TERMINATED", steps=(5, 10), ratios=(1.0, 1.0), ppls=(50.0, 40.0)):
+    from orchestrator.sweep_results import TrialRecord
+
+    results = [
+        {"step": s, "eval_train_ratio": r, "eval/ppl": p, "config/curriculum.phase1_end": 0.1}
+        for s, r, p in zip(steps, ratios, ppls)
+    ]
+    return TrialRecord("t", status, {"curriculum.phase1_end": 0.2}, results, steps=max(steps, default=0))
+
+
+def test_stop_reasons():
+    from orchestrator.sweep_results import stop_reason
+
+    assert stop_reason(record(steps=(5, 10)), 10, 2.0, 1) == "completed"
+    assert stop_reason(record(ratios=(1.0, 2.5)), 20, 2.0, 1) == "eval_train_ratio"
+    assert stop_reason(record(ratios=(2.5, 1.0)), 20, 2.0, 1) == "scheduler"
+    assert stop_reason(record(status="ERROR"), 20, 2.0, 1) == "error"
+    assert stop_reason(record(status="RUNNING"), 20, 2.0, 1) == "interrupted"
+    assert stop_reason(record(steps=(), ratios=(), ppls=()), 20, 2.0, 1) == "not_started"
+
+
+def test_rows_csv_and_best_config(tmp_path):
+    from orchestrator.config import config_from_dict
+    from orchestrator.sweep_results import (
+        best_config,
+        pick_best,
+        trial_row,
+        write_best_config,
+        write_results_csv,
+    )
+
+    row = trial_row(record(), max_steps=10, max_ratio=2.0, grace_evals=1)
+    # the value the trial last trained with wins over the sampled one (PBT restarts)
+    assert row["curriculum.phase1_end"] == 0.1
+    assert (row["final_eval_ppl"], row["best_eval_ppl"], row["steps"]) == (40.0, 40.0, 10)
+    stopped = dict(row, trial_id="u", stop_reason="scheduler", final_eval_ppl=30.0, best_eval_ppl=30.0)
+    assert pick_best([stopped, row]) is row  # a trial that ran to the end beats one cut short
+
+    write_results_csv(tmp_path / "r.csv", [row, stopped], ["curriculum.phase1_end"])
+    rows = read_results_csv(tmp_path / "r.csv")
+    assert list(rows[0]) == [
+        "trial_id",
+        "curriculum.phase1_end",
+        "final_eval_ppl",
+        "best_eval_ppl",
+        "eval_train_ratio",
+        "steps",
+        "stop_reason",
+    ]
+    base = config_from_dict({}).to_dict()
+    config = best_config(base, row, ["curriculum.phase1_end"])
+    write_best_config(tmp_path / BEST_CONFIG, config, row, ["curriculum.phase1_end"], "here")
+    assert load_config(tmp_path / BEST_CONFIG) == config
+    assert config.curriculum.phase1_end == 0.1
+
+
+def test_concurrent_trials_fit_the_cluster():
+    from orchestrator.config import config_from_dict
+    from orchestrator.errors import UserError
+    from orchestrator.sweep import max_concurrent_trials
+
+    one = config_from_dict({"scaling": {"num_workers": 1}})
+    two = config_from_dict({"scaling": {"num_workers": 2}})
+    assert max_concurrent_trials({"CPU": 3.0}, one) == 1  # 1.01 per trial, 1 CPU for Ray Data
+    assert max_concurrent_trials({"CPU": 4.0}, one) == 2
+    assert max_concurrent_trials({"CPU": 16.0}, two) == 7
+    assert max_concurrent_trials({"CPU": 16.0}, two, limit=3) == 3
+    with pytest.raises(UserError, match="one trial needs 3.01 CPUs"):
+        max_concurrent_trials({"CPU": 2.0}, two)
+    gpu = config_from_dict({"scaling": {"num_workers": 2, "use_gpu": True}})
+    assert max_concurrent_trials({"CPU": 64.0, "GPU": 4.0}, gpu) == 2
