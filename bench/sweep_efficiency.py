@@ -3,7 +3,9 @@
   early  ASHA on eval/ppl + EvalTrainRatioStopper(2.0), as `raydistill sweep` runs by default
   full   every trial to train.max_steps (FIFO, no stopper)
 
-Both sweeps get the same sampled values (drawn once, pinned with Tune's points_to_evaluate), so the
+With a preset teacher (random weights, as in configs/tiny.yaml) the benchmark first pre-trains it with
+CE on the same data (`--teacher-steps`, cached in the run dir), so that distillation, and therefore the
+curriculum, has something to transfer. Both sweeps get the same sampled values (drawn once, pinned with Tune's points_to_evaluate), so the
 only difference is early stopping. Compared: total trial-steps (optimizer steps summed over trials,
 from each trial's metrics.jsonl, so the steps a stopped trial runs before its workers leave count too)
 and the best eval ppl found (the final eval ppl of the trial each sweep recommends in best_config.yaml,
@@ -33,19 +35,24 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.sweep import SweepSettings, run_sweep, sample_points  # noqa: E402
-from search_spaces import get_space  # noqa: E402
+from search_spaces import get_anchors, get_space  # noqa: E402
 
-# Tiny preset models on a stdlib slice, one worker per trial: long enough (12 evals) for the rungs
-# to matter, short enough to run 2 x 8 trials on a 2-core machine.
+# Tiny models on a stdlib slice, one worker per trial: long enough (16 evals) for ASHA's rungs to
+# matter, short enough to run 2 x 12 trials on a 2-core machine.
 DEFAULT_SET = [
     "scaling.num_workers=1",
-    "train.max_steps=120",
+    "train.max_steps=160",
     "train.warmup_steps=10",
-    "train.log_every=10",
+    "train.log_every=5",
     "train.eval_every=10",
-    "train.checkpoint_every=60",
+    "train.checkpoint_every=80",
 ]
 TARGET_COMPUTE = 0.40
+# Full-length reference points of the curriculum space.
+REFERENCES = {
+    "no_curriculum": {"curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.0},
+    "seed_0.3_0.6": {"curriculum.phase1_end": 0.3, "curriculum.phase2_end": 0.6},
+}
 TARGET_PPL_GAP = 0.03
 
 
@@ -60,7 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"config overrides (default: {' '.join(DEFAULT_SET)})",
     )
     parser.add_argument("--space", default="curriculum")
-    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--num-samples", type=int, default=12)
+    parser.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=400,
+        help="CE pre-training steps for a preset (random) teacher; 0 keeps it random",
+    )
     parser.add_argument("--max-eval-train-ratio", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-sweep-efficiency"))
@@ -86,13 +99,37 @@ def summarise(summary, wall_s: float) -> dict:
     }
 
 
+def pretrained_teacher(base, steps: int, run_root: Path) -> str:
+    """Pre-train the base config's preset teacher with CE on the same data; reuse an earlier one."""
+    from orchestrator.config import config_from_dict
+    from orchestrator.train_command import run_training
+
+    data = base.to_dict()
+    data.update(teacher="none", student=base.teacher)
+    data["curriculum"]["enabled"] = False
+    data["loss"].update(alpha_ce=1.0, alpha_kd=0.0, alpha_feature=0.0, alpha_attention=0.0)
+    data["train"].update(
+        max_steps=steps, warmup_steps=min(20, steps // 10), eval_every=steps, checkpoint_every=steps
+    )
+    student = run_root / "teacher" / "student"
+    if not (student / "config.json").exists():
+        print(f"== teacher: {base.teacher} pre-trained with CE for {steps} steps", flush=True)
+        run_training(config_from_dict(data), run_root / "teacher", echo=False)
+    return str(student.resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = DEFAULT_SET if args.overrides is None else args.overrides
     base = load_config(args.config, overrides)
-    space = get_space(args.space)
-    points = sample_points(space, args.num_samples, args.seed)
     run_root = Path(args.run_dir)
+    pretrained = base.teacher.startswith("preset:") and args.teacher_steps > 0
+    if pretrained:
+        teacher = pretrained_teacher(base, args.teacher_steps, run_root)
+        overrides = [*overrides, f"teacher={teacher}"]
+        base = load_config(args.config, overrides)
+    space = get_space(args.space)
+    points = sample_points(space, args.num_samples, args.seed, get_anchors(args.space))
     results = {}
     for name, settings in (
         (
@@ -111,11 +148,32 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_sweep(base, settings, run_dir, space=space, points=points)
         results[name] = summarise(summary, time.perf_counter() - start)
 
+    # Curriculum references at full length: no curriculum is the space's anchor (in the full sweep);
+    # the seed's 0.3/0.6 gets its own run unless it was drawn.
+    references = {}
+    for label, point in REFERENCES.items():
+        if not set(point) <= set(space):
+            continue
+        rows = results["full"]["trials"]
+        row = next((r for r in rows if all(r.get(k) == v for k, v in point.items())), None)
+        if row is None:
+            run_dir = run_root / f"reference-{label}"
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            fifo = SweepSettings(
+                space=args.space, scheduler="fifo", max_eval_train_ratio=math.inf, num_samples=1
+            )
+            filled = {**points[0], **point}
+            row = run_sweep(base, fifo, run_dir, space=space, points=[filled]).rows[0]
+        references[label] = {"point": point, "final_eval_ppl": row["final_eval_ppl"]}
+
     early, full = results["early"], results["full"]
     compute = early["trial_steps"] / full["trial_steps"]
     gap = early["recommended_ppl"] / full["recommended_ppl"] - 1.0
     report = {
         "config": args.config,
+        "teacher": base.teacher,
+        "teacher_pretrain_steps": args.teacher_steps if pretrained else 0,
         "overrides": overrides,
         "space": args.space,
         "num_samples": args.num_samples,
@@ -129,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "meets_target": bool(compute <= TARGET_COMPUTE and gap <= TARGET_PPL_GAP),
         "target": {"compute_fraction_max": TARGET_COMPUTE, "ppl_gap_max": TARGET_PPL_GAP},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "references": references,
         "early": early,
         "full": full,
     }
@@ -149,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(target <= {TARGET_COMPUTE:.0%}, <= {TARGET_PPL_GAP:+.0%}): "
         f"{'met' if report['meets_target'] else 'NOT met'}"
     )
+    for label, ref in references.items():
+        print(f"reference {label}: final eval ppl {ref['final_eval_ppl']:.4g}")
+    if early["recommended"]:
+        print(f"early sweep's recommendation: {early['recommended']} at ppl {early['recommended_ppl']:.4g}")
     print(f"written {out}")
     return 0
 

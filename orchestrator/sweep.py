@@ -59,7 +59,8 @@ TRAIN_STOP_TIMEOUT_S = 300.0
 DATA_HEADROOM_CPU = 1.0
 # Config sections a trial may not change: data and models are prepared once for the whole sweep.
 SHARED_KEYS = ("teacher", "student", "data.", "derive.", "scaling.")
-ASHA_REDUCTION = 3
+# ASHA keeps the best 1/4 at each rung (Ray's default); rungs at ~1/16, ~1/4 and all of a run.
+ASHA_REDUCTION = 4
 HYPERBAND_REDUCTION = 3
 PBT_QUANTILE = 0.25
 
@@ -132,17 +133,61 @@ def check_space(space: dict[str, Any], base: dict[str, Any]) -> None:
             raise UserError(f"search space key {key!r} names a config section, not a value")
 
 
-def sample_points(space: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` trial configs drawn from `space` by Tune's own variant generator, as a sweep draws them."""
+def _point_key(point: dict[str, Any]) -> str:
+    return repr(sorted(point.items()))
+
+
+def sample_points(
+    space: dict[str, Any], num_samples: int, seed: int, anchors: list[dict[str, Any]] | tuple = ()
+) -> list[dict[str, Any]]:
+    """The trials of a sweep, drawn up front by Tune's own variant generator (as the Tuner would).
+
+    Each of `num_samples` draws yields one point per grid_search combination. `anchors` come first,
+    each completed by sampling the keys it leaves out. Draws that repeat a point already taken are
+    drawn again (discrete spaces are small: without this, 8 draws from the curriculum space would
+    often repeat one), unless the space runs out of new points. Seeded, so `--seed` repeats a sweep
+    exactly, whatever the scheduler does with numpy's generator afterwards.
+    """
     import numpy as np
     from ray.tune.search.variant_generator import generate_variants
 
     np.random.seed(seed)  # Tune's samplers and sample_from functions use numpy's global generator
-    points = []
-    while len(points) < n:
-        for _, spec in generate_variants({"config": space}):
-            points.append(sampled_params(spec["config"]))
-    return points[:n]
+    points: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def draw(partial: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            sampled_params(spec["config"]) for _, spec in generate_variants({"config": {**space, **partial}})
+        ]
+
+    for anchor in list(anchors)[:num_samples]:
+        for point in draw(anchor):
+            seen.add(_point_key(point))
+            points.append(point)
+    draws, attempts = len(list(anchors)[:num_samples]), 0
+    while draws < num_samples:
+        attempts += 1
+        batch = draw({})
+        if any(_point_key(p) in seen for p in batch) and attempts < 50 * num_samples:
+            continue
+        seen.update(_point_key(p) for p in batch)
+        points.extend(batch)
+        draws += 1
+    return points
+
+
+def pinned_space(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The param space handed to the Tuner when every trial is a pinned point: each key a choice of
+    the values its points hold. (A `sample_from` key overwritten by a point trips Tune's placeholder
+    resolution; the real space still drives PBT's mutations.)"""
+    from ray import tune
+
+    values: dict[str, list[Any]] = {}
+    for point in points:
+        for key, value in point.items():
+            if all(repr(value) != repr(v) for v in values.setdefault(key, [])):
+                values[key].append(value)
+    return {key: tune.choice(options) for key, options in values.items()}
 
 
 def sampled_params(trial_config: dict[str, Any]) -> dict[str, Any]:
@@ -382,7 +427,7 @@ def _round_up(value: float, multiple: int) -> int:
 
 
 def asha_grace_steps(max_steps: int, eval_every: int) -> int:
-    """ASHA's first rung: about max_steps / reduction^2 (rungs ~1/9, ~1/3 and all of the run), on an eval."""
+    """ASHA's first rung: about max_steps / reduction^2, on an eval step (rungs are judged on evals)."""
     return min(_round_up(max_steps / ASHA_REDUCTION**2, eval_every), max_steps)
 
 
@@ -546,11 +591,13 @@ def run_sweep(
 ):
     """Run (or, with `resume`, continue) a sweep in `run_dir`; return the sweep_results summary.
 
-    `space` replaces the named space (tests); `points` pins the trials' values, one dict of dotted
-    keys per trial (benchmarks comparing schedulers on the same trials)."""
-    import numpy as np
+    The trials' values are drawn up front (`sample_points`: the space's anchors first, no repeats) and
+    handed to Tune as points to evaluate. `space` replaces the named space (tests); `points` pins the
+    trials' values, one dict of dotted keys per trial (benchmarks comparing schedulers on the same
+    trials)."""
     import ray
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     from orchestrator.ray_session import ensure_ray
     from orchestrator.sweep_results import summarize
@@ -558,11 +605,12 @@ def run_sweep(
 
     run_dir = run_dir.resolve()
     settings.validate()
+    anchors: list[dict[str, Any]] = []
     if space is None:
-        from search_spaces import get_space
+        from search_spaces import get_anchors, get_space
 
         try:
-            space = get_space(settings.space)
+            space, anchors = get_space(settings.space), get_anchors(settings.space)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     base_dict = base.to_dict()
@@ -571,7 +619,7 @@ def run_sweep(
     if not resume:
         init_sweep_dir(run_dir, base, settings)
     prepared = _absolute(prepare_run(base, run_dir))
-    ensure_ray(base.scaling.num_workers, base.scaling.cpus_per_worker)
+    ensure_ray(base.scaling.num_workers, base.scaling.cpus_per_worker, base.scaling.use_gpu)
     setup = TrialSetup(base_dict, prepared, str(run_dir), settings.tune_checkpoints)
     tune_dir = run_dir / TUNE_DIR
     if resume:
@@ -579,26 +627,25 @@ def run_sweep(
             str(tune_dir), trainable=_trainable(setup), resume_unfinished=True, resume_errored=False
         )
     else:
-        # Tune draws random values with numpy's global generator (also used by sample_from spaces).
-        np.random.seed(settings.seed)
         concurrent = max_concurrent_trials(ray.cluster_resources(), base, settings.max_concurrent)
-        search = None
-        if points is not None:
-            from ray.tune.search import BasicVariantGenerator
-
-            search = BasicVariantGenerator(
-                points_to_evaluate=copy.deepcopy(points), max_concurrent=concurrent
+        if settings.scheduler == "pbt" and concurrent < 2:
+            # PBT's population is the trials alive together; Tune creates no more than can run.
+            raise UserError(
+                f"--scheduler pbt needs at least 2 trials running at once; this cluster fits {concurrent} "
+                f"({ray.cluster_resources().get('CPU', 0):g} CPUs): use asha, or give Ray more CPUs"
             )
+        if points is None:
+            points = sample_points(space, settings.num_samples, settings.seed, anchors)
+        search = BasicVariantGenerator(points_to_evaluate=copy.deepcopy(points), max_concurrent=concurrent)
         tuner = tune.Tuner(
             _trainable(setup),
-            param_space=space,
+            param_space=pinned_space(points),
             tune_config=tune.TuneConfig(
                 metric=EVAL_METRIC,
                 mode=MODE,
                 search_alg=search,
                 scheduler=build_scheduler(settings.scheduler, base, space),
-                num_samples=len(points) if points is not None else settings.num_samples,
-                max_concurrent_trials=None if search is not None else concurrent,
+                num_samples=len(points),
                 reuse_actors=False,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,

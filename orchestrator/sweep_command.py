@@ -125,4 +125,5 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"raydistill: {len(unfinished)} trials unfinished; continue with: raydistill sweep --resume {summary.run_dir}"
         )
+        return 130  # Tune stopped on an interrupt (Ctrl-C) and saved its state
     return 0

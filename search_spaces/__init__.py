@@ -12,6 +12,9 @@ change on its own (curriculum, loss, train): data and models are prepared once f
 | `temperature`  | `loss.kd_temperature`, `loss.kd_kind`                    |
 | `full`         | all of the above                                         |
 
+A module may also list `ANCHORS`: partial points tried first in every sweep of its space (their
+other keys sampled), such as "no curriculum" for `curriculum`.
+
 Each module's docstring says how its space is sampled and why. This package never imports
 `orchestrator` (tests/test_layering.py).
 """
@@ -31,6 +34,9 @@ _MODULES = {
 
 SPACES: dict[str, dict[str, Any]] = {name: module.SPACE for name, module in _MODULES.items()}
 DESCRIPTIONS: dict[str, str] = {name: module.DESCRIPTION for name, module in _MODULES.items()}
+ANCHORS: dict[str, list[dict[str, Any]]] = {
+    name: list(getattr(module, "ANCHORS", [])) for name, module in _MODULES.items()
+}
 
 
 def get_space(name: str) -> dict[str, Any]:
@@ -38,3 +44,9 @@ def get_space(name: str) -> dict[str, Any]:
     if name not in SPACES:
         raise ValueError(f"unknown search space {name!r}; known: {', '.join(SPACES)}")
     return dict(SPACES[name])
+
+
+def get_anchors(name: str) -> list[dict[str, Any]]:
+    """Copies of the named space's anchors (partial points tried first); ValueError if unknown."""
+    get_space(name)
+    return [dict(anchor) for anchor in ANCHORS[name]]

@@ -15,7 +15,8 @@ Why the space reaches down to 0: phase2_end == 0 puts every component on from st
 same schedule as no curriculum at all. Measured by hand on the demo's kind of setup (DESIGN.md), the
 seed's 0.3/0.6 boundaries gave eval ppl 33.9 where every part from the start gave 28.5, so "no
 curriculum" must be a point the search can find. The seed point 0.3/0.6 is in the space too
-(0.6 * 1/2), so a sweep compares against it directly.
+(0.6 * 1/2). `ANCHORS` puts "no curriculum" first in every sweep of this space, so a sweep's
+recommendation is never a curriculum that loses to none at all.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ SPACE: dict[str, Any] = {
     "curriculum.phase2_end": tune.choice(list(PHASE2_ENDS)),
     "curriculum.phase1_end": tune.sample_from(phase1_end_from_fraction),
 }
+
+# Tried first in every sweep of this space (then sampling fills the rest): no curriculum, the
+# baseline any found boundaries must beat.
+ANCHORS: list[dict[str, Any]] = [{"curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.0}]
 
 DESCRIPTION = (
     "curriculum phase boundaries: phase2_end in [0, 0.8] (0 = no curriculum), "

@@ -14,4 +14,7 @@ PARTS = (curriculum, feature_norm, temperature)
 
 SPACE: dict[str, Any] = {key: domain for part in PARTS for key, domain in part.SPACE.items()}
 
+# The parts' anchors, their other keys sampled.
+ANCHORS: list[dict[str, Any]] = [anchor for part in PARTS for anchor in getattr(part, "ANCHORS", [])]
+
 DESCRIPTION = "all of curriculum, feature_norm and temperature together"

@@ -146,3 +146,29 @@ def test_apply_params_does_not_touch_the_base():
     out = apply_params(base, {"curriculum.phase1_end": np.float64(0.1)})
     assert type(out["curriculum"]["phase1_end"]) is float
     assert base["curriculum"]["phase1_end"] == 0.3
+
+
+def test_sweeps_draw_anchors_first_and_no_repeats():
+    from search_spaces import get_anchors
+
+    points = sample_points(get_space("curriculum"), 20, 0, get_anchors("curriculum"))
+    assert points[0] == {"curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.0}  # no curriculum first
+    keys = [tuple(sorted(p.items())) for p in points]
+    assert len(set(keys)) == len(keys) == 20
+    # the full space's anchor pins its curriculum keys and samples the rest
+    first = sample_points(get_space("full"), 1, 0, get_anchors("full"))[0]
+    assert (first["curriculum.phase1_end"], first["curriculum.phase2_end"]) == (0.0, 0.0)
+    assert set(first) == set(get_space("full"))
+    # a grid multiplies the draws, as in Tune
+    grid = {"train.lr": tune.grid_search([1e-3, 2e-3]), **get_space("curriculum")}
+    assert len(sample_points(grid, 3, 0)) == 6
+
+
+def test_pinned_space_covers_every_point():
+    from orchestrator.sweep import pinned_space
+
+    points = sample_points(get_space("full"), 8, 1)
+    pinned = pinned_space(points)
+    assert set(pinned) == set(get_space("full"))
+    for point in points:
+        assert all(pinned[k].is_valid(v) for k, v in point.items())
