@@ -124,6 +124,51 @@ def teacher_figures(teacher_dir: Path, data_dir: Path, eval_sequences: int) -> d
     return figures
 
 
+def step_costs(teacher: str, student: str, data_dir: Path, micro_batch: int, repeats: int = 5) -> dict:
+    """CPU seconds, on one thread as each worker has, of one worker's share of a step: the frozen
+    teacher's forward and the student's CE train step (forward, backward, AdamW) on one micro-batch.
+    CPU time, unlike wall time, does not grow when other processes share the cores."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.shards import read_split
+    from orchestrator.trainer import PRESET_MAX_POSITIONS
+    from workers.models import build_model, load_tokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ids = torch.as_tensor(read_split(data_dir / "train")[:micro_batch]).long()  # (B, T)
+        frozen = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+        tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
+        model = build_model(student, tokenizer, PRESET_MAX_POSITIONS, 0, torch.float32)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def teacher_forward() -> None:
+            with torch.no_grad():
+                frozen(input_ids=ids)
+
+        def student_step() -> None:
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        def cpu_seconds(fn) -> float:
+            fn()  # warm-up
+            started = time.process_time()
+            for _ in range(repeats):
+                fn()
+            return (time.process_time() - started) / repeats
+
+        return {
+            "micro_batch": micro_batch,
+            "teacher_forward_cpu_s": cpu_seconds(teacher_forward),
+            "student_ce_step_cpu_s": cpu_seconds(student_step),
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600, help="student steps for every run (default 600)")
@@ -189,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n== teacher: evaluating", flush=True)
     t = teacher_figures(Path(teacher), data_dir, args.eval_sequences)
+    costs = step_costs(teacher, reference.student, data_dir, reference.train.micro_batch_size)
 
     out: dict = {
         "command": "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -209,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         out["teacher_forward_s_per_step"] = results["b"]["s_per_step"] - results["a"]["s_per_step"]
     if "a" in results and "e" in results:
         out["curriculum_vs_ce_only"] = results["e"]["ppl"] / results["a"]["ppl"] - 1
+    out.update(costs)
     out["student_params"] = next((r["params"] for r in results.values()), None)
     out["runs"] = {
         VARIANTS[k][0]: {kk: vv for kk, vv in v.items() if kk != "config"} for k, v in results.items()
@@ -241,7 +288,14 @@ def print_table(out: dict, results: dict, extras: dict, teacher: dict) -> None:
             f"{label:<36} {r['params'] / 1e6:>7.2f}M {r['ppl']:>9.2f} {vs:>7} {r['wall_s']:>7.0f} {step:>7}"
         )
     if "teacher_forward_s_per_step" in out:
-        print(f"teacher forward cost per step (b - a): {out['teacher_forward_s_per_step']:.3f} s")
+        print(f"teacher forward cost per step, wall (b - a): {out['teacher_forward_s_per_step']:.3f} s")
+    print(
+        f"per worker and micro-batch of {out['micro_batch']}, CPU seconds on one thread: teacher forward "
+        f"{out['teacher_forward_cpu_s']:.3f} s, student CE step {out['student_ce_step_cpu_s']:.3f} s"
+    )
+    print(
+        f"machine load average: {out['loadavg_before']:.1f} before, {out['loadavg_after']:.1f} after (2 cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -274,10 +274,16 @@ def render_markdown(
         "steps",
         "mean raw x weight (at phase end) = mean scaled",
         "mean total",
-        "eval ppl",
+        "in-run eval ppl",
         "eval/train",
     ]
     lines += [_markdown_table(header, rows) if rows else "(no logged steps)", ""]
+    lines += [
+        "In-run eval (this table, the plots and the verdict) reads the first `train.eval_batches` batches "
+        "of each worker's eval shard at every eval; the summary's perplexities cover evenly spaced "
+        "sequences of the whole eval split, so the two differ when the split is not uniform.",
+        "",
+    ]
     if png_name:
         lines += [f"![loss parts, curriculum weights, eval/train ratio, lr]({png_name})", ""]
     lines += ["## Health verdict", ""]
@@ -423,7 +429,7 @@ def write_plot(
     if evals:
         ppl_ax.plot([r["step"] for r in evals], [r["eval/ppl"] for r in evals], marker="o", color="black")
         ppl_ax.set_yscale("log")
-    ppl_ax.set_title("eval perplexity")
+    ppl_ax.set_title("in-run eval perplexity (first eval batches)")
     ppl_ax.set_xlabel("step")
 
     fig.savefig(path, dpi=90)
