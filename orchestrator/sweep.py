@@ -11,9 +11,15 @@ forwards metrics; reporting from the driver lets PBT and HyperBand get real Tune
 those schedulers the Train checkpoint written at each eval is reported with it, and a trial that
 Tune restarts from a checkpoint (PBT exploit, HyperBand resume) starts a fresh Train run from it.
 
-Stopping. When Tune stops or pauses a trial, its `ray.tune.report` call raises SystemExit in the
-driver, which then writes the Train run's stop file; the worker loop checks it at every report and
-returns, so no training continues while Ray tears the trial's actors down.
+Which trials. All trials are drawn up front (`sample_points`: the space's anchors first, no repeats,
+seeded) and handed to Tune as points to evaluate, so `--seed` repeats a sweep whatever the scheduler.
+
+Stopping. When Tune stops or pauses a trial, the trainable's `cleanup` (the `StopTrainRunsFirst`
+mixin) writes the Train run's stop file and waits for `trainer.fit()` to return: the worker loop
+checks the file at every report and returns, and the Train controller then releases its workers'
+placement group itself. Without that wait, ending the trial's actor would kill the controller first
+and leave the placement group to Ray Train's cleaner, which fails when several Ray instances share a
+machine; the next trials would then wait forever for CPUs.
 
 Layout under the sweep's run dir:
   config.yaml, sweep.yaml      base config and sweep settings (read again by --resume)
