@@ -184,6 +184,9 @@ def evaluate_perplexity(
     sequences = read_split(Path(data_dir) / "eval")  # (N, T) int32
     if 0 < max_sequences < len(sequences):
         sequences = sequences[np.linspace(0, len(sequences) - 1, max_sequences).round().astype(int)]
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model would break up the summary
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
     params = sum(p.numel() for p in model.parameters())
     total_nll, total_tokens = 0.0, 0

@@ -15,6 +15,8 @@ import os
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # transformers' "Loading weights" / "Writing model shards" bars would break up the progress line.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "PYTHONWARNINGS": "ignore::FutureWarning",
 }
 # Set only for CPU runs: on a GPU machine DeepSpeed must detect CUDA itself.

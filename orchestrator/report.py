@@ -279,9 +279,9 @@ def render_markdown(
     ]
     lines += [_markdown_table(header, rows) if rows else "(no logged steps)", ""]
     lines += [
-        "In-run eval (this table, the plots and the verdict) reads the first `train.eval_batches` batches "
-        "of each worker's eval shard at every eval; the summary's perplexities cover evenly spaced "
-        "sequences of the whole eval split, so the two differ when the split is not uniform.",
+        "In-run eval (this table, the plots and the verdict) reads `train.eval_batches` batches of "
+        "evenly spaced sequences of each worker's eval shard, the same ones at every eval; the summary's "
+        "perplexities cover evenly spaced sequences of the whole eval split with the exported model.",
         "",
     ]
     if png_name:

@@ -58,7 +58,7 @@ def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver."""
     import dataclasses
 
-    from orchestrator.prepare_data import ensure_prepared
+    from orchestrator.prepare_data import ensure_prepared, read_manifest
 
     check_vocabularies(config)
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
@@ -69,6 +69,7 @@ def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
         # A real model brings its own vocabulary: tokenise with it rather than training a new BPE.
         data_cfg = dataclasses.replace(data_cfg, tokenizer=real_models[0])
     data_dir = ensure_prepared(data_cfg, max_positions=max_positions)
+    manifest = read_manifest(data_dir)
     loop_config = {
         "config": config.to_dict(),
         "runtime": {
@@ -76,6 +77,8 @@ def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
             "max_positions": max_positions,
             "run_dir": str(run_dir),
             "student_dir": str(run_dir / STUDENT_DIR),
+            # Lets each worker spread its eval batches over its whole eval shard (workers/data.py).
+            "eval_sequences": int(manifest["eval_sequences"]),
         },
     }
     return PreparedRun(loop_config, data_dir)

@@ -1,7 +1,7 @@
 """`train_loop_per_worker`: what each Ray Train worker runs.
 
 Everything arrives through the loop config (STYLE 6): `{"config": <resolved run config dict>,
-"runtime": {"tokenizer": path, "run_dir": path, "max_positions": int}}`.
+"runtime": {"tokenizer": path, "run_dir": path, "max_positions": int, "eval_sequences": int, ...}}`.
 Every rank calls `ray.train.report` the same number of times (it is a barrier in Train V2) and all
 reported metrics are all-reduced first, since only rank 0's are kept.
 """
@@ -153,6 +153,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         int(train["micro_batch_size"]),
         int(train["eval_batches"]),
         device,
+        shard_sequences=int(runtime.get("eval_sequences", 0)) // world,
     )
 
     nonfinite_streak = 0
