@@ -6,10 +6,17 @@ ppl ~6 where the whole split gives ~45, and the sweep and the ratio stopper read
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from orchestrator.config import load_config
+from orchestrator.prepare_data import read_manifest
+from orchestrator.trainer import prepare_run
 from workers.data import eval_batches
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +72,11 @@ def test_each_worker_of_a_split_reads_its_own_spread(numbered_rows):
     assert not set(first) & set(second)
     # Spread, not bunched at the front: each worker's picks reach into the last fifth of its rows.
     assert max(first) - min(first) >= 30 and max(second) - min(second) >= 30
+
+
+def test_workers_are_told_the_size_of_the_eval_split(tiny_data_dir, tmp_path):
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"data.source={tiny_data_dir}"])
+
+    runtime = prepare_run(config, tmp_path / "run").loop_config["runtime"]
+
+    assert runtime["eval_sequences"] == read_manifest(tiny_data_dir)["eval_sequences"] > 0
