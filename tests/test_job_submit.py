@@ -227,6 +227,27 @@ def ray_cli(head: Head, *args: str, timeout: float = 120) -> subprocess.Complete
     )
 
 
+# The head's job server answers GET requests before its dashboard agent is up; until then a
+# submission fails with one of these (both seen here under load). Ray's own advice is to try again.
+AGENT_NOT_READY = ("No available agent to submit job", "Connection refused")
+AGENT_WAIT_S = 300
+
+
+def submit_when_agent_ready(head: Head, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """`ray job submit --submission-id <fresh id> *args`, retried while the agent is not ready.
+    Returns the last attempt and its submission id (a fresh id per attempt, so a half-made job from
+    a refused attempt can never collide with the next one)."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        submission_id = f"raydistill-test-{secrets.token_hex(4)}"
+        submitted = ray_cli(head, "job", "submit", "--submission-id", submission_id, *args)
+        output = submitted.stdout + submitted.stderr
+        not_ready = submitted.returncode != 0 and any(text in output for text in AGENT_NOT_READY)
+        if not not_ready or time.monotonic() > deadline:
+            return submitted, submission_id
+        time.sleep(2)
+
+
 def non_loopback_ipv4() -> str | None:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -277,15 +298,10 @@ def test_dashboard_and_job_server_listen_on_loopback_only(ray_head):
 @pytest.mark.ray
 def test_ray_job_submit_runs_a_tiny_distillation(ray_head, tiny_data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    submission_id = f"raydistill-test-{secrets.token_hex(4)}"
-    submitted = ray_cli(
+    submitted, submission_id = submit_when_agent_ready(
         ray_head,
-        "job",
-        "submit",
         "--address",
         ray_head.url,
-        "--submission-id",
-        submission_id,
         "--working-dir",
         str(ROOT),
         "--runtime-env-json",
