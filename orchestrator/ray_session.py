@@ -8,7 +8,11 @@ needs it) but listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import json
 import os
+
+# Set by `ray job submit` in the driver's environment: the job's config, runtime_env included.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 # Keep the console to raydistill's own progress lines: no Ray Data progress bars (raw terminal codes
 # in job logs), no DeepSpeed accelerator-detection warning, no torch.distributed deprecation noise.
@@ -23,6 +27,23 @@ WORKER_ENV = {
 CPU_ONLY_ENV = {"DS_ACCELERATOR": "cpu"}
 
 
+def job_env_var_keys(environ=os.environ) -> set[str]:
+    """Environment variables the submitted job's runtime_env already sets (empty outside a job)."""
+    try:
+        job = json.loads(environ.get(JOB_CONFIG_ENV) or "{}")
+        return set((job.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return set()
+
+
+def driver_env_vars(use_gpu: bool, environ=os.environ) -> dict[str, str]:
+    """raydistill's worker env vars, minus any the job's own runtime_env sets: Ray refuses to merge a
+    job's runtime_env with ray.init's when both name the same variable, and the user's value wins."""
+    env = WORKER_ENV if use_gpu else {**WORKER_ENV, **CPU_ONLY_ENV}
+    taken = job_env_var_keys(environ)
+    return {k: v for k, v in env.items() if k not in taken}
+
+
 def logical_cpus(num_workers: int, cpus_per_worker: float) -> int:
     # Ray Data's read tasks need CPUs beside the training workers', or the input pipeline starves.
     return max(os.cpu_count() or 1, int(num_workers * cpus_per_worker + 0.999) + 2)
@@ -33,7 +54,7 @@ def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) 
 
     if ray.is_initialized():
         return
-    env = WORKER_ENV if use_gpu else {**WORKER_ENV, **CPU_ONLY_ENV}
+    env = driver_env_vars(use_gpu)
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
         return

@@ -1,0 +1,53 @@
+"""Joining a submitted job's Ray: raydistill's env vars never clash with the job's runtime_env."""
+
+from __future__ import annotations
+
+import json
+
+from ray.runtime_env.runtime_env import _merge_runtime_env
+
+from orchestrator.ray_session import (
+    CPU_ONLY_ENV,
+    JOB_CONFIG_ENV,
+    WORKER_ENV,
+    driver_env_vars,
+    job_env_var_keys,
+)
+
+
+def job_environ(env_vars: dict[str, str]) -> dict[str, str]:
+    """The driver environment `ray job submit --runtime-env-json` produces (the job config as JSON)."""
+    return {JOB_CONFIG_ENV: json.dumps({"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": env_vars}})}
+
+
+def test_outside_a_job_every_worker_env_var_is_set():
+    assert driver_env_vars(use_gpu=False, environ={}) == {**WORKER_ENV, **CPU_ONLY_ENV}
+    assert driver_env_vars(use_gpu=True, environ={}) == WORKER_ENV
+
+
+def test_a_variable_the_job_sets_is_left_to_the_job():
+    environ = job_environ({"TOKENIZERS_PARALLELISM": "true", "MY_FLAG": "1"})
+
+    env = driver_env_vars(use_gpu=False, environ=environ)
+
+    assert "TOKENIZERS_PARALLELISM" not in env
+    assert env["DS_ACCELERATOR"] == "cpu"
+    assert job_env_var_keys(environ) == {"TOKENIZERS_PARALLELISM", "MY_FLAG"}
+
+
+def test_ray_merges_the_job_and_driver_runtime_envs_without_conflict():
+    job_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "true", "DS_ACCELERATOR": "cpu"}}
+    environ = job_environ(job_env["env_vars"])
+
+    # What ray.init does inside a job: None means Ray refuses (ValueError in ray.init).
+    assert _merge_runtime_env(job_env, {"env_vars": {**WORKER_ENV, **CPU_ONLY_ENV}}) is None
+    merged = _merge_runtime_env(job_env, {"env_vars": driver_env_vars(False, environ)})
+
+    assert merged is not None
+    assert merged["env_vars"]["TOKENIZERS_PARALLELISM"] == "true"  # the user's value wins
+    assert merged["env_vars"]["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_an_unreadable_job_config_is_treated_as_no_job_env_vars():
+    assert job_env_var_keys({JOB_CONFIG_ENV: "not json"}) == set()
+    assert job_env_var_keys({JOB_CONFIG_ENV: json.dumps({"runtime_env": None})}) == set()
