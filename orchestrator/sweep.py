@@ -16,7 +16,7 @@ seeded) and handed to Tune as points to evaluate, so `--seed` repeats a sweep wh
 
 Stopping. When Tune stops or pauses a trial, the trainable's `cleanup` (the `StopTrainRunsFirst`
 mixin) writes the Train run's stop file and waits for `trainer.fit()` to return: the worker loop
-checks the file at every report and returns, and the Train controller then releases its workers'
+checks the file at every step and returns, and the Train controller then releases its workers'
 placement group itself. Without that wait, ending the trial's actor would kill the controller first
 and leave the placement group to Ray Train's cleaner, which fails when several Ray instances share a
 machine; the next trials would then wait forever for CPUs.
@@ -299,7 +299,7 @@ class StopTrainRunsFirst:
     When Tune stops or pauses a trial it calls `cleanup` and then ends the trial's actor, which would
     take the Train controller down with it before it removes its workers' placement group (Ray Train's
     own cleaner for that case needs the state API, which fails when several Ray instances share a
-    machine). So `cleanup` first writes the stop file, which the worker loop checks at every report,
+    machine). So `cleanup` first writes the stop file, which the worker loop checks at every step,
     and waits until `trainer.fit()` has returned: the workers leave at their next report and the
     controller releases their resources itself.
     """

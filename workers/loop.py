@@ -160,7 +160,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     averager = TrainRawAverager()
     window_tokens, window_start = 0, time.perf_counter()
     step = position.step
+    stop_file = runtime.get("stop_file")
     while step < max_steps:
+        # A sweep trial Tune has stopped: leave at once (checked every step, not at the next report,
+        # so a stopped trial trains no further while Ray tears it down), no export.
+        if stop_file and any_rank(os.path.exists(stop_file)):
+            return
         progress = step / max_steps
         faults.before_step(step + 1)
         result = train_step(engine, teacher, train_iter.window(int(train["grad_accum"])), progress)
@@ -218,8 +223,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(record)
         window_tokens, window_start = 0, time.perf_counter()
-        if runtime.get("stop_file") and any_rank(os.path.exists(runtime["stop_file"])):
-            return  # a sweep trial Tune has stopped: leave at once, no export
 
     export_student(engine, tokenizer, runtime["student_dir"], rank, int(config["deepspeed"]["zero_stage"]))
     barrier()
