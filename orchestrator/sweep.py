@@ -300,7 +300,7 @@ class StopTrainRunsFirst:
     take the Train controller down with it before it removes its workers' placement group (Ray Train's
     own cleaner for that case needs the state API, which fails when several Ray instances share a
     machine). So `cleanup` first writes the stop file, which the worker loop checks at every step,
-    and waits until `trainer.fit()` has returned: the workers leave at their next report and the
+    and waits until `trainer.fit()` has returned: the workers leave at their next step and the
     controller releases their resources itself.
     """
 
