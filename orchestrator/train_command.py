@@ -32,6 +32,10 @@ def default_run_dir(config_path: str) -> Path:
     return Path("runs") / Path(config_path).stem
 
 
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
+
+
 def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict | None = None) -> Path:
     """Prepare data, run the TorchTrainer to the end, return the exported student's path.
 
@@ -50,7 +54,7 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     if echo:
         verb = "resuming" if resuming else "starting"
         print(
-            f"raydistill: {verb} run in {run_dir} ({config.scaling.num_workers} workers, ZeRO-{config.deepspeed.zero_stage})"
+            f"raydistill: {verb} run in {run_dir} ({_workers(config.scaling.num_workers)}, ZeRO-{config.deepspeed.zero_stage})"
         )
     callback = MetricsCallback(str(run_dir), debug_every=config.train.debug_every, echo=echo)
     trainer = build_trainer(config, run_dir, prepared, callbacks=[callback])
