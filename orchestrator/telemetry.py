@@ -70,8 +70,10 @@ def progress_line(record: dict[str, Any], eta_s: float | None) -> str:
 
 
 def phase_announcement(record: dict[str, Any]) -> str:
+    # Printed at the first *logged* step of a phase, which may be up to log_every steps after the
+    # phase began (or the run's first log, for a run that starts mid-schedule): "in phase N at step X".
     weights = ", ".join(f"{c}={record.get(f'loss/{c}/weight', 0.0):.3g}" for c in COMPONENTS)
-    return f"== phase {record['phase']} begins at step {record['step']} (progress {record['progress']:.2f}): {weights}"
+    return f"== in phase {record['phase']} at step {record['step']} (progress {record['progress']:.2f}): {weights}"
 
 
 def ledger(record: dict[str, Any], prefix: str = "loss") -> str:

@@ -129,7 +129,7 @@ def test_tokens_per_second_shown():
 
 def test_phase_announcement_gives_the_new_weights():
     text = phase_announcement(record(step=30, phase=2, **{"loss/feature/weight": 0.05}))
-    assert "phase 2 begins at step 30" in text
+    assert "in phase 2 at step 30" in text
     assert "ce=0.3" in text and "kd=0.7" in text and "feature=0.05" in text and "attention=0" in text
 
 
@@ -281,10 +281,10 @@ def test_each_phase_transition_is_announced_once(tmp_path, capsys):
     for step, phase in [(10, 1), (20, 1), (30, 2), (40, 2), (60, 3), (70, 3)]:
         callback.after_report(None, [record(step=step, phase=phase)], None)
     out = capsys.readouterr().out
-    assert out.count("begins at step") == 3
-    assert "phase 1 begins at step 10" in out
-    assert "phase 2 begins at step 30" in out
-    assert "phase 3 begins at step 60" in out
+    assert out.count("== in phase") == 3
+    assert "in phase 1 at step 10" in out
+    assert "in phase 2 at step 30" in out
+    assert "in phase 3 at step 60" in out
 
 
 def test_resume_within_a_phase_is_not_announced_again(tmp_path, capsys):
