@@ -38,6 +38,19 @@ def test_eval_batches_are_spread_over_the_shard(numbered_rows):
     assert _first_tokens(batches) == list(range(0, 100, 10))
 
 
+def test_the_spread_holds_across_read_blocks(ray_cluster):
+    """A shard longer than one read block: the stride carries over from block to block."""
+    import ray.data
+
+    from workers.data import EVAL_READ_BATCH
+
+    count = 3 * EVAL_READ_BATCH - 68  # 700: not a multiple of the block
+    rows = ray.data.from_items([{"input_ids": np.full(4, i, dtype=np.int32)} for i in range(count)])
+    batches = eval_batches(rows, micro_batch_size=10, max_batches=10, shard_sequences=count)
+
+    assert _first_tokens(batches) == list(range(0, count, count // 100))
+
+
 def test_eval_batches_are_labelled_like_training_batches(numbered_rows):
     (batch,) = eval_batches(numbered_rows, micro_batch_size=4, max_batches=1, shard_sequences=100)
 

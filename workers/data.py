@@ -73,6 +73,10 @@ class TrainBatches:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
 
+# Sequences per Ray Data read when picking eval sequences: one block, not one micro-batch at a time.
+EVAL_READ_BATCH = 256
+
+
 def eval_batches(
     shard, micro_batch_size: int, max_batches: int, device="cpu", shard_sequences: int | None = None
 ) -> list[Batch]:
@@ -86,11 +90,12 @@ def eval_batches(
     stride = max(1, (shard_sequences or 0) // wanted)
     rows: list[np.ndarray] = []  # (T,) each
     seen = 0
-    for b in shard.iter_batches(batch_size=micro_batch_size, batch_format="numpy", drop_last=False):
+    # Read in large blocks (the whole shard is read anyway); keep every stride-th sequence.
+    for b in shard.iter_batches(batch_size=EVAL_READ_BATCH, batch_format="numpy", drop_last=False):
         ids = b["input_ids"]  # (b, T)
-        for row in range(len(ids)):
-            if len(rows) < wanted and (seen + row) % stride == 0:
-                rows.append(ids[row])
+        offsets = np.arange(seen, seen + len(ids))  # (b,) shard positions
+        picked = ids[offsets % stride == 0][: wanted - len(rows)]  # (k, T)
+        rows.extend(picked)
         seen += len(ids)
     if not rows:
         raise RuntimeError("this worker's eval shard is empty; raise data.eval_fraction or use fewer workers")
