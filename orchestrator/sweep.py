@@ -540,6 +540,19 @@ def max_concurrent_trials(resources: dict[str, float], config: Config, limit: in
 # Running a sweep.
 
 
+def concurrency_note(concurrent: int, settings: SweepSettings) -> str:
+    """How many trials run at once, and what that means for ASHA's savings."""
+    line = f"raydistill: {concurrent} trial{'s' if concurrent != 1 else ''} at a time on this cluster"
+    if settings.scheduler == "asha" and concurrent == 1:
+        # One at a time, async ASHA always finishes the first trial and promotes every trial that
+        # leads the ones before it: the fixed part is amortised only over many trials (BENCHMARKS.md).
+        line += (
+            "; one at a time, ASHA finishes the first trial and every early leader, so it saves more"
+            " with more trials (--num-samples 16 or more)"
+        )
+    return line
+
+
 def init_sweep_dir(run_dir: Path, base: Config, settings: SweepSettings) -> None:
     """Create the sweep's run dir with config.yaml and sweep.yaml; refuse one holding another run."""
     import yaml
@@ -640,6 +653,7 @@ def run_sweep(
                 f"--scheduler pbt needs at least 2 trials running at once; this cluster fits {concurrent} "
                 f"({ray.cluster_resources().get('CPU', 0):g} CPUs): use asha, or give Ray more CPUs"
             )
+        print(concurrency_note(concurrent, settings), flush=True)
         if points is None:
             points = sample_points(space, settings.num_samples, settings.seed, anchors)
         search = BasicVariantGenerator(points_to_evaluate=copy.deepcopy(points), max_concurrent=concurrent)

@@ -238,3 +238,17 @@ def test_concurrent_trials_fit_the_cluster():
         max_concurrent_trials({"CPU": 2.0}, two)
     gpu = config_from_dict({"scaling": {"num_workers": 2, "use_gpu": True}})
     assert max_concurrent_trials({"CPU": 64.0, "GPU": 4.0}, gpu) == 2
+
+
+def test_one_trial_at_a_time_under_asha_tells_the_user_what_it_costs():
+    from orchestrator.sweep import concurrency_note
+
+    one_at_a_time = concurrency_note(1, SweepSettings(scheduler="asha"))
+    assert one_at_a_time.startswith("raydistill: 1 trial at a time")
+    assert "--num-samples 16" in one_at_a_time
+    # Several at once, or a scheduler that is not ASHA: just the count.
+    assert (
+        concurrency_note(3, SweepSettings(scheduler="asha"))
+        == "raydistill: 3 trials at a time on this cluster"
+    )
+    assert "--num-samples" not in concurrency_note(1, SweepSettings(scheduler="hyperband"))
