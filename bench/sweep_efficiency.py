@@ -15,7 +15,11 @@ and the lowest eval ppl seen anywhere). Target: early <= 40% of the steps for a 
     .venv/bin/python bench/sweep_efficiency.py --config configs/demo.yaml \\
         --set teacher=runs/cache/teacher-<hash>/student --set scaling.num_workers=1 --num-samples 8
 
-Writes bench/results/sweep_efficiency.json; the sweeps live under --run-dir (early/, full/).
+    .venv/bin/python bench/sweep_efficiency.py --scheduler hyperband --reuse-full \\
+        --out bench/results/sweep_efficiency_hyperband.json    # another early arm against the same full one
+
+Writes bench/results/sweep_efficiency.json; the sweeps live under --run-dir (early/ or
+early-<scheduler>/, full/).
 """
 
 from __future__ import annotations
@@ -75,6 +79,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CE pre-training steps for a preset (random) teacher; 0 keeps it random",
     )
     parser.add_argument("--max-eval-train-ratio", type=float, default=2.0)
+    parser.add_argument(
+        "--scheduler",
+        default="asha",
+        choices=("asha", "hyperband"),
+        help="the early-stopping arm's scheduler (default asha, as `raydistill sweep`)",
+    )
+    parser.add_argument(
+        "--reuse-full",
+        action="store_true",
+        help="take the full arm from an earlier run in --run-dir (same config and points; trials are "
+        "deterministic) instead of running it again",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-sweep-efficiency"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_efficiency.json"))
@@ -118,6 +134,26 @@ def pretrained_teacher(base, steps: int, run_root: Path) -> str:
     return str(student.resolve())
 
 
+def reused_full_arm(run_dir: Path, base, points: list[dict]) -> dict:
+    """The full arm of an earlier run of this bench, if it ran the same base config and points."""
+    from orchestrator.sweep import load_sweep_dir
+    from orchestrator.sweep_results import summarize
+
+    if not run_dir.is_dir():
+        raise SystemExit(f"--reuse-full: no earlier full arm in {run_dir}")
+    _, old_base, settings = load_sweep_dir(run_dir)
+    if old_base.to_dict() != base.to_dict():
+        raise SystemExit(f"--reuse-full: {run_dir} ran another base config")
+    summary = summarize(run_dir, base.to_dict(), settings)
+    ran = sorted(
+        repr(sorted(r.items())) for r in ({k: row[k] for k in summary.param_keys} for row in summary.rows)
+    )
+    if ran != sorted(repr(sorted(p.items())) for p in points):
+        raise SystemExit(f"--reuse-full: {run_dir} ran other points")
+    print(f"== full: reusing {run_dir}", flush=True)
+    return {**summarise(summary, math.nan), "reused_from": str(run_dir)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = DEFAULT_SET if args.overrides is None else args.overrides
@@ -134,11 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, settings in (
         (
             "early",
-            SweepSettings(space=args.space, scheduler="asha", max_eval_train_ratio=args.max_eval_train_ratio),
+            SweepSettings(
+                space=args.space, scheduler=args.scheduler, max_eval_train_ratio=args.max_eval_train_ratio
+            ),
         ),
         ("full", SweepSettings(space=args.space, scheduler="fifo", max_eval_train_ratio=math.inf)),
     ):
-        run_dir = run_root / name
+        # The early arm's dir names its scheduler when it is not the default, so both can sit side by side.
+        run_dir = run_root / (
+            name if name == "full" or args.scheduler == "asha" else f"{name}-{args.scheduler}"
+        )
+        if name == "full" and args.reuse_full:
+            results[name] = reused_full_arm(run_dir, base, points)
+            continue
         if run_dir.exists():
             shutil.rmtree(run_dir)  # this benchmark's own output from an earlier run
         settings.num_samples = args.num_samples
@@ -181,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_steps": base.train.max_steps,
         "eval_every": base.train.eval_every,
         "max_eval_train_ratio": args.max_eval_train_ratio,
+        "scheduler": args.scheduler,
         "points": points,
         "compute_fraction": round(compute, 4),
         "recommended_ppl_gap": round(gap, 4),
