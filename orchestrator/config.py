@@ -20,7 +20,8 @@ from orchestrator.errors import ConfigError
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 FEATURE_NORMS = ("none", "layernorm", "std", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# "auto": bf16 where the worker's hardware computes it natively, else fp32 (workers/precision.py).
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -97,7 +98,7 @@ class TrainConfig:
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 2
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, bf16, fp16 (GPU only) or auto (bf16 where the hardware has it natively)
     offload_optimizer: bool = False
     offload_param: bool = False
     # On GPU clusters the frozen teacher may be sharded as a ZeRO-3 inference engine.

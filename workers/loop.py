@@ -35,12 +35,25 @@ from workers.models import (
     num_layers,
     teacher_dtype,
 )
+from workers.precision import precision_note, resolve_precision
 from workers.step import eval_pass, train_step
 from workers.student_module import StudentWithLoss
 
 
 class TooManyNonFiniteSteps(RuntimeError):
     pass
+
+
+def with_resolved_precision(config: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The run config with `deepspeed.precision: auto` decided on this worker's hardware (and a
+    console line from rank 0 when the choice or an emulated bf16 deserves one)."""
+    use_gpu = bool(config["scaling"]["use_gpu"])
+    requested = config["deepspeed"]["precision"]
+    resolved = resolve_precision(requested, use_gpu)
+    note = precision_note(requested, resolved, use_gpu)
+    if note is not None and rank == 0:
+        print(f"raydistill: {note}", flush=True)
+    return {**config, "deepspeed": {**config["deepspeed"], "precision": resolved}}
 
 
 def build_models(config: dict[str, Any], runtime: dict[str, Any]):
@@ -116,6 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     # Ray gives each worker `cpus_per_worker` CPUs; more intra-op threads than that oversubscribes.
     torch.set_num_threads(max(1, int(config["scaling"]["cpus_per_worker"])))
+    config = with_resolved_precision(config, rank)
     torch.manual_seed(train["seed"] + rank)
 
     device = ray.train.torch.get_device()  # cuda:<local rank> on GPU workers, cpu otherwise

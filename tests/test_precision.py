@@ -1,0 +1,74 @@
+"""`deepspeed.precision: auto` is decided on the worker's hardware: bf16 only where it is native."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orchestrator.config import load_config
+from workers import precision
+from workers.ds_config import build_deepspeed_config
+from workers.loop import with_resolved_precision
+
+
+def set_cpu_bf16(monkeypatch, amx: bool, avx512_bf16: bool) -> None:
+    """Make torch's CPU capability probes answer as another CPU would."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, expected",
+    [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16")],
+)
+def test_auto_on_cpu_picks_bf16_only_with_native_units(monkeypatch, amx, avx512_bf16, expected):
+    set_cpu_bf16(monkeypatch, amx, avx512_bf16)
+    assert precision.resolve_precision("auto", use_gpu=False) == expected
+
+
+def test_auto_matches_this_machines_cpu():
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert precision.resolve_precision("auto", use_gpu=False) == ("bf16" if native else "fp32")
+
+
+def test_auto_on_a_gpu_worker_without_cuda_is_fp32():
+    # use_gpu on a machine with no CUDA (as here): never bf16 by guess.
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert precision.resolve_precision("auto", use_gpu=True) == "fp32"
+
+
+@pytest.mark.parametrize("requested", ["fp32", "bf16", "fp16"])
+def test_an_explicit_precision_is_kept(monkeypatch, requested):
+    set_cpu_bf16(monkeypatch, False, False)
+    assert precision.resolve_precision(requested, use_gpu=False) == requested
+
+
+def test_explicit_bf16_on_a_cpu_without_it_is_warned_in_one_line(monkeypatch):
+    set_cpu_bf16(monkeypatch, False, False)
+    note = precision.precision_note("bf16", "bf16", use_gpu=False)
+    assert note is not None and "without native bf16" in note and "use fp32 or auto" in note
+    assert "\n" not in note
+    set_cpu_bf16(monkeypatch, True, False)
+    assert precision.precision_note("bf16", "bf16", use_gpu=False) is None
+    assert precision.precision_note("fp32", "fp32", use_gpu=False) is None
+
+
+def test_auto_says_what_it_chose(monkeypatch):
+    set_cpu_bf16(monkeypatch, False, False)
+    assert precision.precision_note("auto", "fp32", False) == (
+        "deepspeed.precision auto -> fp32 (CPU with no native bf16)"
+    )
+
+
+def test_worker_config_and_deepspeed_config_follow_the_resolution(monkeypatch, capsys):
+    config = load_config(None, ["deepspeed.precision=auto"]).to_dict()
+    for native, section in ((False, None), (True, {"enabled": True})):
+        set_cpu_bf16(monkeypatch, native, False)
+        resolved = with_resolved_precision(config, rank=0)
+        assert resolved["deepspeed"]["precision"] == ("bf16" if native else "fp32")
+        assert build_deepspeed_config(resolved, world_size=2).get("bf16") == section
+    assert config["deepspeed"]["precision"] == "auto"  # the run's own config is left as written
+    assert "deepspeed.precision auto -> bf16" in capsys.readouterr().out
+    with_resolved_precision(config, rank=1)
+    assert capsys.readouterr().out == ""  # only rank 0 prints

@@ -1,0 +1,54 @@
+"""Which floating-point precision a worker trains in, decided on the worker's own hardware.
+
+`deepspeed.precision: auto` picks bf16 only where the hardware computes it natively: a CUDA GPU
+that supports it, or a CPU with AMX or AVX512-BF16 units (recent Intel Xeons). Elsewhere bf16 is
+emulated: on a 2-core AMD EPYC with AVX2 only, one training step of the demo's 6.8M-parameter
+teacher took 21.5 s in bf16 against 0.65 s in fp32 (33x slower), so `auto` falls back to fp32.
+The decision is made in the worker, not on the driver: a CPU head may drive GPU or other-CPU nodes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+AUTO = "auto"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX tiles or AVX512-BF16 on this CPU (torch's own CPU capability probes)."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    for name in probes:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:  # a torch build without the probe's backend
+            continue
+    return False
+
+
+def native_bf16(use_gpu: bool) -> bool:
+    if use_gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def resolve_precision(requested: str, use_gpu: bool) -> str:
+    """`auto` -> "bf16" where this worker's hardware has native bf16, else "fp32"; others unchanged."""
+    if requested != AUTO:
+        return requested
+    return "bf16" if native_bf16(use_gpu) else "fp32"
+
+
+def precision_note(requested: str, resolved: str, use_gpu: bool) -> str | None:
+    """One line for the console when the choice deserves one, else None."""
+    device = "GPU" if use_gpu else "CPU"
+    if requested == AUTO:
+        why = "native bf16" if resolved == "bf16" else "no native bf16"
+        return f"deepspeed.precision auto -> {resolved} ({device} with {why})"
+    if requested == "bf16" and not native_bf16(use_gpu):
+        return (
+            f"deepspeed.precision bf16 on a {device} without native bf16: matmuls are emulated and can "
+            "run ~30x slower than fp32; use fp32 or auto"
+        )
+    return None
