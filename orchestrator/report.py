@@ -429,7 +429,7 @@ def write_plot(
     if evals:
         ppl_ax.plot([r["step"] for r in evals], [r["eval/ppl"] for r in evals], marker="o", color="black")
         ppl_ax.set_yscale("log")
-    ppl_ax.set_title("in-run eval perplexity (first eval batches)")
+    ppl_ax.set_title("in-run eval perplexity (evenly spaced eval sequences)")
     ppl_ax.set_xlabel("step")
 
     fig.savefig(path, dpi=90)
