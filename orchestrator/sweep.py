@@ -262,31 +262,42 @@ class TrialSetup:
 
 
 class TuneRelay(UserCallback):
-    """Runs in the Train controller: hands each eval record (and its checkpoint path) to the driver.
+    """Runs in the Train controller: hands each eval record (and its checkpoint path) to the driver,
+    then waits until Tune has decided on it.
 
-    The queue holds one item, so Train cannot run ahead of Tune's decisions by more than a report.
-    Once the trial is stopping (its stop file exists) records are dropped instead of waited on, so the
-    controller never blocks while its workers wind down.
+    The driver acknowledges a record once `ray.tune.report` returns, i.e. once the scheduler and the
+    stoppers let the trial go on. Until then the controller holds here, so the workers block at
+    their next report: a trial that Tune stops or pauses at an eval runs at most `train.log_every`
+    steps past it (without the wait, Train ran a report or two ahead: stopped ASHA trials overran
+    their rung by two evals, and HyperBand's pause came after a 20-step trial had finished).
+    Once the trial is stopping (its stop file exists) nothing is waited on, so the controller never
+    blocks while its workers wind down.
     """
 
-    def __init__(self, queue, with_checkpoints: bool, stop_file: str):
+    def __init__(self, queue, acks, with_checkpoints: bool, stop_file: str):
         self.queue = queue
+        self.acks = acks
         self.with_checkpoints = with_checkpoints
         self.stop_file = stop_file
 
-    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        from ray.util.queue import Full
+    def _until_stopping(self, attempt) -> None:
+        from ray.util.queue import Empty, Full
 
+        while not os.path.exists(self.stop_file):
+            try:
+                attempt()
+                return
+            except (Full, Empty):
+                continue
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         record = dict(metrics[0]) if metrics else {}
         if EVAL_METRIC not in record:
             return
         path = checkpoint.path if checkpoint is not None and self.with_checkpoints else None
-        while not os.path.exists(self.stop_file):
-            try:
-                self.queue.put({"record": record, "checkpoint": path}, timeout=QUEUE_POLL_S)
-                return
-            except Full:
-                continue
+        item = {"record": record, "checkpoint": path}
+        self._until_stopping(lambda: self.queue.put(item, timeout=QUEUE_POLL_S))
+        self._until_stopping(lambda: self.acks.get(timeout=QUEUE_POLL_S))
 
 
 # The Train runs of the trial driver running in this process (one trial per actor: reuse_actors=False).
@@ -382,7 +393,8 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     prepared = PreparedRun({"config": config.to_dict(), "runtime": runtime}, setup.prepared.data_dir)
 
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    relay = TuneRelay(queue, setup.tune_checkpoints, str(stop_file))
+    acks = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    relay = TuneRelay(queue, acks, setup.tune_checkpoints, str(stop_file))
     trainer = build_trainer(
         config, run_dir, prepared, callbacks=[MetricsCallback(str(trial_dir), echo=False), relay]
     )
@@ -405,10 +417,12 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     try:
         while (item := queue.get()) is not None:
             checkpoint = item["checkpoint"]
+            # Returns once Tune lets the trial go on (a stop or pause raises instead).
             ray.tune.report(
                 _tune_metrics(item["record"], params, run_name),
                 checkpoint=ray.tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,
             )
+            acks.put(True)
     except BaseException:
         # Tune stopped or paused this trial (SystemExit from `ray.tune.report`): tell the workers.
         stop_file.touch()

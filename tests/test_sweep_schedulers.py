@@ -1,0 +1,176 @@
+"""The schedulers that restart trials from Tune checkpoints, and `raydistill sweep --resume`, for real:
+local Ray, each trial a TorchTrainer with one DeepSpeed worker on tiny models. No mocks.
+
+- PBT: the worse of two trials is restarted from the better one's checkpoint (a new Train run that
+  starts at the checkpoint's step, not at 0), and a phase boundary the checkpoint has already crossed
+  is never moved.
+- HyperBand: a paused trial resumes from its own checkpoint in a new Train run.
+- --resume: a sweep interrupted with Ctrl-C (SIGINT) exits 130 and finishes on `--resume`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.sweep import SweepSettings, run_sweep
+from orchestrator.sweep_results import RESULTS_CSV, read_results_csv
+from orchestrator.telemetry import METRICS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+# Short trials: every restart is a new Train run (worker start-up, DeepSpeed init), which costs more
+# than the steps. PBT perturbs and HyperBand halves at evals.
+MAX_STEPS = 20
+
+
+def tiny_sweep_overrides(cache_dir: Path, eval_every: int = 5) -> list[str]:
+    return [
+        f"data.cache_dir={cache_dir}",
+        "scaling.num_workers=1",  # two trials at a time on 4 logical CPUs (one CPU stays for Ray Data)
+        f"train.max_steps={MAX_STEPS}",
+        "train.warmup_steps=2",
+        "train.log_every=5",
+        f"train.eval_every={eval_every}",
+        f"train.checkpoint_every={MAX_STEPS}",
+    ]
+
+
+def restarted_results(run_dir: Path) -> dict[str, list[dict]]:
+    """Tune results of each trial that Tune restarted from a checkpoint, from its first restarted Train
+    run on (the trial driver names its Train runs `run`, then `run_1`, `run_2`, ...)."""
+    from orchestrator.sweep_results import collect_trials
+
+    out = {}
+    for record in collect_trials(run_dir):
+        later = [r for r in record.results if r.get("train_run", "run") != "run"]
+        if later:
+            out[record.trial_id] = later
+    return out
+
+
+def no_live_placement_groups() -> bool:
+    import ray
+
+    return all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
+
+
+def run_tiny_sweep(tmp_path: Path, scheduler: str, points: list[dict], eval_every: int):
+    from search_spaces import get_space
+
+    base = load_config(ROOT / "configs" / "tiny.yaml", tiny_sweep_overrides(tmp_path / "cache", eval_every))
+    settings = SweepSettings(
+        space="curriculum", num_samples=len(points), scheduler=scheduler, max_eval_train_ratio=100.0
+    )
+    run_dir = tmp_path / scheduler
+    summary = run_sweep(base, settings, run_dir, space=get_space("curriculum"), points=points)
+    return run_dir, summary
+
+
+def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(ray_cluster, tmp_path):
+    # Two trials at once (PBT's population). With an eval every 10 of 20 steps PBT perturbs once, at
+    # step 10: the worse trial restarts from the better one's checkpoint with mutated boundaries.
+    points = [
+        {"curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.1},
+        {"curriculum.phase1_end": 0.45, "curriculum.phase2_end": 0.9},
+    ]
+    eval_every = 10
+    run_dir, summary = run_tiny_sweep(tmp_path, "pbt", points, eval_every)
+
+    restarted = restarted_results(run_dir)
+    assert restarted, "PBT restarted no trial from a checkpoint"
+    for trial_id, results in restarted.items():
+        first = results[0]
+        # The new Train run starts at the donor's checkpoint step, not at step 0 (whose first eval
+        # would be step `eval_every`).
+        checkpoint_step = first["step"] - eval_every
+        assert checkpoint_step > 0, (trial_id, first["step"])
+        restart_progress = checkpoint_step / MAX_STEPS
+        p1, p2 = first["config/curriculum.phase1_end"], first["config/curriculum.phase2_end"]
+        assert p1 <= p2
+        # A boundary behind the restart point is one the checkpoint had already crossed, kept at the
+        # value it was trained with; PBT may move the others, but never into the past.
+        for key, value in (("curriculum.phase1_end", p1), ("curriculum.phase2_end", p2)):
+            trained_values = {point[key] for point in points}
+            assert value >= restart_progress or value in trained_values, (key, value, first["step"])
+    rows = read_results_csv(run_dir / RESULTS_CSV)
+    assert len(rows) == 2
+    assert all(r["stop_reason"] in ("completed", "scheduler") for r in rows), rows
+    assert summary.best is not None
+    assert no_live_placement_groups()
+
+
+def test_hyperband_pauses_and_resumes_trials_from_their_checkpoints(ray_cluster, tmp_path):
+    points = [
+        {"curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.0},
+        {"curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.3},
+        {"curriculum.phase1_end": 0.3, "curriculum.phase2_end": 0.6},
+        {"curriculum.phase1_end": 0.6, "curriculum.phase2_end": 0.8},
+    ]
+    eval_every = 5
+    run_dir, summary = run_tiny_sweep(tmp_path, "hyperband", points, eval_every)
+
+    restarted = restarted_results(run_dir)
+    assert restarted, "HyperBand resumed no paused trial"
+    for trial_id, results in restarted.items():
+        # A paused trial goes on from its own last eval, with its own boundaries.
+        assert results[0]["step"] > eval_every, (trial_id, results[0]["step"])
+    rows = read_results_csv(run_dir / RESULTS_CSV)
+    assert len(rows) == 4
+    assert all(r["stop_reason"] in ("completed", "scheduler") for r in rows), rows
+    assert any(r["stop_reason"] == "completed" for r in rows)
+    assert no_live_placement_groups()
+
+
+def test_sweep_interrupted_with_ctrl_c_finishes_on_resume(tmp_path):
+    """The CLI in a subprocess (its own Ray), SIGINT once the first trial has reported, then --resume."""
+    run_dir = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "orchestrator", "sweep", "--config", str(ROOT / "configs" / "tiny.yaml")]
+    for item in tiny_sweep_overrides(tmp_path / "cache"):
+        argv += ["--set", item]
+    argv += ["--num-samples", "3", "--max-concurrent", "1", "--run-dir", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        metrics = (
+            list((run_dir / "trials").glob(f"*/{METRICS_FILE}")) if (run_dir / "trials").exists() else []
+        )
+        if any("eval/ppl" in m.read_text() for m in metrics):
+            break
+        time.sleep(1)
+    assert first.poll() is None, first.stdout.read()
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 130, out[-3000:]
+    assert f"raydistill sweep --resume {run_dir}" in out
+    unfinished = [
+        r
+        for r in read_results_csv(run_dir / RESULTS_CSV)
+        if r["stop_reason"] in ("interrupted", "not_started")
+    ]
+    assert unfinished
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sweep", "--resume", str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    rows = read_results_csv(run_dir / RESULTS_CSV)
+    assert len(rows) == 3
+    assert all(r["stop_reason"] in ("completed", "scheduler") for r in rows), rows
+    assert (run_dir / "best_config.yaml").exists()
