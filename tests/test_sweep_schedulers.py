@@ -87,9 +87,18 @@ def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(ray_cluste
     eval_every = 10
     run_dir, summary = run_tiny_sweep(tmp_path, "pbt", points, eval_every)
 
-    restarted = restarted_results(run_dir)
-    assert restarted, "PBT restarted no trial from a checkpoint"
-    for trial_id, results in restarted.items():
+    # Tune's own record of the exploits: one line per restart, naming the donor trial.
+    policies = {
+        p.name[len("pbt_policy_") : -len(".txt")]: p for p in (run_dir / "tune").glob("pbt_policy_*.txt")
+    }
+    exploited = {tid for tid, path in policies.items() if path.read_text().strip()}
+    assert exploited, "PBT exploited no trial"
+    for trial_id in exploited:
+        # The trial driver started a new Train run from the donor's checkpoint.
+        assert (run_dir / "trials" / trial_id / "run_1").is_dir(), trial_id
+    # Results of restarted runs that reached Tune before the sweep ended (a restart at the last
+    # perturbation may end with the trial before its next eval).
+    for trial_id, results in restarted_results(run_dir).items():
         first = results[0]
         # The new Train run starts at the donor's checkpoint step, not at step 0 (whose first eval
         # would be step `eval_every`).
