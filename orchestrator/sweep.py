@@ -269,7 +269,7 @@ class TuneRelay(UserCallback):
     stoppers let the trial go on. Until then the controller holds here, so the workers block at
     their next report: a trial that Tune stops or pauses at an eval runs at most `train.log_every`
     steps past it (without the wait, Train ran a report or two ahead: stopped ASHA trials overran
-    their rung by two evals, and HyperBand's pause came after a 20-step trial had finished).
+    their rung by up to two evals).
     Once the trial is stopping (its stop file exists) nothing is waited on, so the controller never
     blocks while its workers wind down.
     """

@@ -1,9 +1,9 @@
 """The schedulers that restart trials from Tune checkpoints, and `raydistill sweep --resume`, for real:
 local Ray, each trial a TorchTrainer with one DeepSpeed worker on tiny models. No mocks.
 
-- PBT: the worse of two trials is restarted from the better one's checkpoint (a new Train run that
-  starts at the checkpoint's step, not at 0), and a phase boundary the checkpoint has already crossed
-  is never moved.
+- PBT: the worse of two trials is restarted from the better one's checkpoint (Tune's policy log and
+  a new Train run); where the restarted run reports before the sweep ends, it starts at the
+  checkpoint's step, not at 0, and no phase boundary moves into the past.
 - HyperBand pauses and resumes through the same checkpoint path as PBT; it has no test of its own:
   Ray's HyperBand fills its full-length bracket first, so a sweep small enough for the suite never
   pauses a trial (4 trials of 4 evals all ran to the end).
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
 
 # Short trials: every restart is a new Train run (worker start-up, DeepSpeed init), which costs more
-# than the steps. PBT perturbs and HyperBand halves at evals.
+# than the steps. PBT perturbs at evals.
 MAX_STEPS = 20
 
 
