@@ -1,13 +1,15 @@
 """Does early stopping pay for itself? The same N trials, run twice through `raydistill sweep`'s path:
 
-  early  ASHA on eval/ppl + EvalTrainRatioStopper(2.0), as `raydistill sweep` runs by default
-  full   every trial to train.max_steps (FIFO, no stopper)
+  early  ASHA on eval/ppl + EvalTrainRatioStopper(2.0), trials sharing a phase-1 prefix trained once,
+         as `raydistill sweep` runs by default (--no-shared-prefix: ASHA and the stopper alone)
+  full   every trial to train.max_steps from step 0 (FIFO, no stopper, no shared prefix)
 
 With a preset teacher (random weights, as in configs/tiny.yaml) the benchmark first pre-trains it with
 CE on the same data (`--teacher-steps`, cached in the run dir), so that distillation, and therefore the
 curriculum, has something to transfer. Both sweeps get the same sampled values (drawn once, pinned with Tune's points_to_evaluate), so the
-only difference is early stopping. Compared: total trial-steps (optimizer steps summed over trials,
-from each trial's metrics.jsonl, so the steps a stopped trial runs before its workers leave count too)
+only differences are early stopping and prefix sharing. Compared: total trial-steps (optimizer steps
+summed over trials, from each trial's metrics.jsonl, so the steps a stopped trial runs before its
+workers leave count too; a shared prefix's steps count once, a forked trial's from its fork)
 and the best eval ppl found (the final eval ppl of the trial each sweep recommends in best_config.yaml,
 and the lowest eval ppl seen anywhere). Target: early <= 40% of the steps for a best ppl within 3%.
 
@@ -38,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.sweep import SweepSettings, run_sweep, sample_points  # noqa: E402
+from orchestrator.shared_prefix import prefix_steps, steps_saved  # noqa: E402
+from orchestrator.sweep import SweepSettings, run_sweep, sample_points, trial_config  # noqa: E402
 from search_spaces import get_anchors, get_space  # noqa: E402
 
 # Tiny models on a stdlib slice, one worker per trial: long enough (16 evals) for ASHA's rungs to
@@ -91,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="take the full arm from an earlier run in --run-dir (same config and points; trials are "
         "deterministic) instead of running it again",
     )
+    parser.add_argument(
+        "--no-shared-prefix",
+        action="store_true",
+        help="the early arm trains every trial from step 0 (ASHA and the stopper alone)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-sweep-efficiency"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_efficiency.json"))
@@ -101,8 +109,10 @@ def summarise(summary, wall_s: float) -> dict:
     rows = summary.rows
     best = summary.best
     seen = [r["best_eval_ppl"] for r in rows if math.isfinite(r["best_eval_ppl"])]
+    shared = prefix_steps(summary.run_dir)
     return {
-        "trial_steps": int(sum(r["steps"] for r in rows)),
+        "trial_steps": int(sum(r["steps"] - r["start_step"] for r in rows)) + shared,
+        "shared_prefix_steps": shared,
         "recommended_ppl": best["final_eval_ppl"] if best else math.nan,
         "recommended": {k: best[k] for k in summary.param_keys} if best else None,
         "lowest_ppl_seen": min(seen) if seen else math.nan,
@@ -171,10 +181,18 @@ def main(argv: list[str] | None = None) -> int:
         (
             "early",
             SweepSettings(
-                space=args.space, scheduler=args.scheduler, max_eval_train_ratio=args.max_eval_train_ratio
+                space=args.space,
+                scheduler=args.scheduler,
+                max_eval_train_ratio=args.max_eval_train_ratio,
+                share_prefix=not args.no_shared_prefix,
             ),
         ),
-        ("full", SweepSettings(space=args.space, scheduler="fifo", max_eval_train_ratio=math.inf)),
+        (
+            "full",
+            SweepSettings(
+                space=args.space, scheduler="fifo", max_eval_train_ratio=math.inf, share_prefix=False
+            ),
+        ),
     ):
         # The early arm's dir names its scheduler when it is not the default, so both can sit side by side.
         run_dir = run_root / (
@@ -213,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
     early, full = results["early"], results["full"]
     compute = early["trial_steps"] / full["trial_steps"]
+    # What prefix sharing alone saves: every trial to the end, each from its fork (exact: forks
+    # resume exactly, so the trial-steps follow from the plan without running it).
+    configs = [trial_config(base.to_dict(), p, False) for p in points]
+    full_shared_steps = full["trial_steps"] - steps_saved(configs)
     gap = early["recommended_ppl"] / full["recommended_ppl"] - 1.0
     report = {
         "config": args.config,
@@ -228,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "scheduler": args.scheduler,
         "points": points,
         "compute_fraction": round(compute, 4),
+        "full_with_shared_prefix_steps": full_shared_steps,
+        "shared_prefix_only_fraction": round(full_shared_steps / full["trial_steps"], 4),
         "recommended_ppl_gap": round(gap, 4),
         "meets_target": bool(compute <= TARGET_COMPUTE and gap <= TARGET_PPL_GAP),
         "target": {"compute_fraction_max": TARGET_COMPUTE, "ppl_gap_max": TARGET_PPL_GAP},
@@ -252,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         f"early / full: {compute:.1%} of the trial-steps, recommended ppl {gap:+.1%} "
         f"(target <= {TARGET_COMPUTE:.0%}, <= {TARGET_PPL_GAP:+.0%}): "
         f"{'met' if report['meets_target'] else 'NOT met'}"
+    )
+    print(
+        f"prefix sharing alone (every trial to the end, from its fork): {full_shared_steps} trial-steps, "
+        f"{full_shared_steps / full['trial_steps']:.1%} of full"
     )
     for label, ref in references.items():
         print(f"reference {label}: final eval ppl {ref['final_eval_ppl']:.4g}")

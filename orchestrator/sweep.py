@@ -13,6 +13,9 @@ Tune restarts from a checkpoint (PBT exploit, HyperBand resume) starts a fresh T
 
 Which trials. All trials are drawn up front (`sample_points`: the space's anchors first, no repeats,
 seeded) and handed to Tune as points to evaluate, so `--seed` repeats a sweep whatever the scheduler.
+Trials whose configs differ only in their phase boundaries share their phase-1 steps: those are
+trained once, before the Tuner starts, and each such trial starts from the checkpoint at its own
+phase-1 end (orchestrator.shared_prefix).
 
 Stopping. When Tune stops or pauses a trial, the trainable's `cleanup` (the `StopTrainRunsFirst`
 mixin) writes the Train run's stop file and waits for `trainer.fit()` to return: the worker loop
@@ -23,6 +26,9 @@ machine; the next trials would then wait forever for CPUs.
 
 Layout under the sweep's run dir:
   config.yaml, sweep.yaml      base config and sweep settings (read again by --resume)
+  points.json                  every trial's sampled values, drawn up front
+  prefixes.json, prefixes/     phase-1 prefixes shared by several trials, trained once
+                               (orchestrator.shared_prefix)
   tune/                        the Tune experiment (trial results, Tune checkpoints, state)
   trials/<trial_id>/           metrics.jsonl, the trial's Train run(s) `run`, `run_1`, ...
   sweep_results.csv, best_config.yaml
@@ -53,9 +59,11 @@ SCHEDULERS = ("asha", "hyperband", "pbt", "fifo")
 # Tune shows the first reported metrics in its progress table: put the distillation columns there.
 LEAD_COLUMNS = ("phase", EVAL_METRIC, "eval_train_ratio", "step")
 CONFIG_PREFIX = "config/"
+START_STEP = "start_step"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
 SETTINGS_FILE = "sweep.yaml"
+POINTS_FILE = "points.json"  # every trial's sampled values, drawn up front
 # A trial driver only waits on queues; its TorchTrainer's workers ask for their own resources.
 DRIVER_CPU = 0.01
 QUEUE_POLL_S = 1.0
@@ -82,6 +90,8 @@ class SweepSettings:
     ratio_grace_evals: int = 1
     seed: int = 0
     max_concurrent: int | None = None
+    # Train a phase-1 prefix shared by several trials once (orchestrator.shared_prefix).
+    share_prefix: bool = True
 
     def validate(self) -> None:
         if (
@@ -259,6 +269,8 @@ class TrialSetup:
     prepared: PreparedRun  # data prepared once on the sweep driver, absolute paths
     sweep_dir: str
     tune_checkpoints: bool
+    # Trained phase-1 prefixes trials fork from (orchestrator.shared_prefix), by prefix key.
+    prefixes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class TuneRelay(UserCallback):
@@ -346,12 +358,15 @@ class TrialFailed(RuntimeError):
     pass
 
 
-def _tune_metrics(record: dict[str, Any], params: dict[str, Any], run_name: str) -> dict[str, Any]:
+def _tune_metrics(
+    record: dict[str, Any], params: dict[str, Any], run_name: str, start_step: int
+) -> dict[str, Any]:
     metrics = {k: record[k] for k in LEAD_COLUMNS if k in record}
     metrics.update({k: v for k, v in record.items() if not k.startswith("_")})
     # The values this trial really trains with (PBT restarts may hold some boundaries back).
     metrics.update({CONFIG_PREFIX + k: v for k, v in params.items()})
     metrics["train_run"] = run_name
+    metrics[START_STEP] = start_step  # where this Train run began: a shared prefix's fork, or 0
     return metrics
 
 
@@ -360,6 +375,7 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     import ray.tune
     from ray.util.queue import Queue
 
+    from orchestrator.shared_prefix import fork_point
     from orchestrator.telemetry import MetricsCallback
     from orchestrator.trainer import build_trainer
     from workers.checkpointing import read_state
@@ -368,16 +384,20 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     trial_dir = Path(setup.sweep_dir) / TRIALS_DIR / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
     params = sampled_params(trial_params)
-    run_name, start_checkpoint = "run", None
+    run_name, start_checkpoint, start_step = "run", None, 0
     restored = ray.tune.get_checkpoint()
     if restored is not None:
         # PBT exploit or HyperBand resume: a fresh Train run starting from Tune's checkpoint.
         start_checkpoint = restored.path
         state = read_state(start_checkpoint)
+        start_step = int(state["step"])
         trained = json.loads((Path(start_checkpoint) / "config.json").read_text())
-        params = keep_phases_left(params, trained["curriculum"], int(state["step"]), int(state["max_steps"]))
+        params = keep_phases_left(params, trained["curriculum"], start_step, int(state["max_steps"]))
         run_name = _next_run_name(trial_dir)
     config = trial_config(setup.base, params, setup.tune_checkpoints)
+    if restored is None and (fork := fork_point(config, setup.prefixes)) is not None:
+        # Its phase 1 was trained once for the trials sharing it: start at this trial's phase-1 end.
+        start_checkpoint, start_step = fork
 
     run_dir = trial_dir / run_name
     stop_file = trial_dir / f"{run_name}.stop"
@@ -419,7 +439,7 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
             checkpoint = item["checkpoint"]
             # Returns once Tune lets the trial go on (a stop or pause raises instead).
             ray.tune.report(
-                _tune_metrics(item["record"], params, run_name),
+                _tune_metrics(item["record"], params, run_name, start_step),
                 checkpoint=ray.tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,
             )
             acks.put(True)
@@ -573,7 +593,7 @@ def init_sweep_dir(run_dir: Path, base: Config, settings: SweepSettings) -> None
 
     from orchestrator.run_dir import CONFIG_FILE, prepare_run_dir
 
-    if (run_dir / TUNE_DIR).exists():
+    if (run_dir / TUNE_DIR).exists() or (run_dir / POINTS_FILE).exists():
         raise UserError(
             f"{run_dir} already holds a sweep; continue it with `raydistill sweep --resume {run_dir}`"
         )
@@ -594,10 +614,21 @@ def load_sweep_dir(path: Path) -> tuple[Path, Config, SweepSettings]:
     if run_dir.name == TUNE_DIR and (run_dir.parent / SETTINGS_FILE).exists():
         run_dir = run_dir.parent
     settings_file = run_dir / SETTINGS_FILE
-    if not settings_file.is_file() or not (run_dir / TUNE_DIR).is_dir():
+    started = (run_dir / TUNE_DIR).is_dir() or (run_dir / POINTS_FILE).is_file()
+    if not settings_file.is_file() or not started:
         raise UserError(f"--resume {path}: no sweep there (expected {SETTINGS_FILE} and {TUNE_DIR}/)")
     settings = SweepSettings.from_dict(yaml.safe_load(settings_file.read_text()) or {})
     return run_dir, load_config(run_dir / CONFIG_FILE), settings
+
+
+def write_points(run_dir: Path, points: list[dict[str, Any]]) -> None:
+    (run_dir / POINTS_FILE).write_text(json.dumps(points, indent=2))
+
+
+def read_points(run_dir: Path) -> list[dict[str, Any]]:
+    """The trials' values as drawn when the sweep started (--resume before Tune had started)."""
+    path = run_dir / POINTS_FILE
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _absolute(prepared: PreparedRun) -> PreparedRun:
@@ -633,6 +664,7 @@ def run_sweep(
     from ray.tune.search import BasicVariantGenerator
 
     from orchestrator.ray_session import ensure_ray
+    from orchestrator.shared_prefix import plan_prefixes, train_prefixes, write_table
     from orchestrator.sweep_results import summarize
     from orchestrator.trainer import prepare_run
 
@@ -653,23 +685,33 @@ def run_sweep(
         init_sweep_dir(run_dir, base, settings)
     prepared = _absolute(prepare_run(base, run_dir))
     ensure_ray(base.scaling.num_workers, base.scaling.cpus_per_worker, base.scaling.use_gpu)
-    setup = TrialSetup(base_dict, prepared, str(run_dir), settings.tune_checkpoints)
     tune_dir = run_dir / TUNE_DIR
+    restoring = resume and tune.Tuner.can_restore(str(tune_dir))
+    concurrent = max_concurrent_trials(ray.cluster_resources(), base, settings.max_concurrent)
+    if not restoring and settings.scheduler == "pbt" and concurrent < 2:
+        # PBT's population is the trials alive together; Tune creates no more than can run.
+        raise UserError(
+            f"--scheduler pbt needs at least 2 trials running at once; this cluster fits {concurrent} "
+            f"({ray.cluster_resources().get('CPU', 0):g} CPUs): use asha, or give Ray more CPUs"
+        )
     if resume:
+        points = read_points(run_dir)
+    else:
+        if points is None:
+            points = sample_points(space, settings.num_samples, settings.seed, anchors)
+        write_points(run_dir, points)
+        if settings.share_prefix:
+            configs = [trial_config(base_dict, p, settings.tune_checkpoints) for p in points]
+            write_table(run_dir, {run.key: run for run in plan_prefixes(configs)})
+    # Before any trial starts (and again on --resume, for one that was interrupted).
+    prefixes = train_prefixes(run_dir, prepared)
+    setup = TrialSetup(base_dict, prepared, str(run_dir), settings.tune_checkpoints, prefixes)
+    if restoring:
         tuner = tune.Tuner.restore(
             str(tune_dir), trainable=_trainable(setup), resume_unfinished=True, resume_errored=False
         )
     else:
-        concurrent = max_concurrent_trials(ray.cluster_resources(), base, settings.max_concurrent)
-        if settings.scheduler == "pbt" and concurrent < 2:
-            # PBT's population is the trials alive together; Tune creates no more than can run.
-            raise UserError(
-                f"--scheduler pbt needs at least 2 trials running at once; this cluster fits {concurrent} "
-                f"({ray.cluster_resources().get('CPU', 0):g} CPUs): use asha, or give Ray more CPUs"
-            )
         print(concurrency_note(concurrent, settings), flush=True)
-        if points is None:
-            points = sample_points(space, settings.num_samples, settings.seed, anchors)
         search = BasicVariantGenerator(points_to_evaluate=copy.deepcopy(points), max_concurrent=concurrent)
         tuner = tune.Tuner(
             _trainable(setup),

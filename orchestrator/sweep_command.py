@@ -1,7 +1,7 @@
 """`raydistill sweep`: search a named space with Ray Tune, each trial a `raydistill train` run.
 
   raydistill sweep --config PATH --space NAME [--num-samples N] [--scheduler asha|hyperband|pbt]
-                   [--max-eval-train-ratio R] [--run-dir DIR]
+                   [--max-eval-train-ratio R] [--no-shared-prefix] [--run-dir DIR]
   raydistill sweep --resume DIR
 
 Trials are ranked on eval/ppl; EvalTrainRatioStopper stops any trial whose eval/train loss ratio
@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cap on trials run at once (default: as many as the cluster's CPUs/GPUs fit)",
     )
+    parser.add_argument(
+        "--no-shared-prefix",
+        dest="share_prefix",
+        action="store_false",
+        help="train every trial from step 0 (default: trials that differ only in their phase boundaries "
+        "train their common phase 1 once and start from its checkpoint at their own phase-1 end)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling the space (default 0)")
     parser.add_argument(
         "--run-dir", default=None, help="sweep directory (default runs/sweep-<config>-<space>)"
@@ -83,6 +90,7 @@ def _settings(args: argparse.Namespace):
         ratio_grace_evals=args.ratio_grace_evals,
         seed=args.seed,
         max_concurrent=args.max_concurrent,
+        share_prefix=args.share_prefix,
     )
 
 

@@ -25,7 +25,16 @@ from orchestrator.stoppers import would_stop
 
 RESULTS_CSV = "sweep_results.csv"
 BEST_CONFIG = "best_config.yaml"
-SUMMARY_COLUMNS = ("final_eval_ppl", "best_eval_ppl", "eval_train_ratio", "steps", "stop_reason")
+# steps: the last step the trial reached; start_step: where its first Train run began (> 0 when it
+# started from a phase-1 prefix it shares with other trials, orchestrator.shared_prefix).
+SUMMARY_COLUMNS = (
+    "final_eval_ppl",
+    "best_eval_ppl",
+    "eval_train_ratio",
+    "steps",
+    "start_step",
+    "stop_reason",
+)
 
 
 @dataclass
@@ -82,11 +91,12 @@ def stop_reason(record: TrialRecord, max_steps: int, max_ratio: float, grace_eva
 
 
 def trial_row(record: TrialRecord, max_steps: int, max_ratio: float, grace_evals: int) -> dict[str, Any]:
-    from orchestrator.sweep import EVAL_METRIC
+    from orchestrator.sweep import EVAL_METRIC, START_STEP
 
     ppls = [_float(r.get(EVAL_METRIC)) for r in record.results]
     ppls = [p for p in ppls if math.isfinite(p)]
     last = record.results[-1] if record.results else {}
+    first = record.results[0] if record.results else {}
     return {
         "trial_id": record.trial_id,
         **effective_params(record),
@@ -94,6 +104,7 @@ def trial_row(record: TrialRecord, max_steps: int, max_ratio: float, grace_evals
         "best_eval_ppl": min(ppls) if ppls else math.nan,
         "eval_train_ratio": _float(last.get("eval_train_ratio")),
         "steps": record.steps,
+        "start_step": int(first.get(START_STEP, 0)),
         "stop_reason": stop_reason(record, max_steps, max_ratio, grace_evals),
     }
 
@@ -191,7 +202,7 @@ def summarize(run_dir: Path, base: dict[str, Any], settings) -> SweepSummary:
 def format_table(summary: SweepSummary) -> str:
     """A plain-text table of the trials, best first."""
     keys = summary.param_keys
-    header = ["trial", *keys, "final ppl", "best ppl", "ratio", "steps", "stop reason"]
+    header = ["trial", *keys, "final ppl", "best ppl", "ratio", "steps", "from step", "stop reason"]
     ordered = sorted(summary.rows, key=lambda r: (math.isnan(r["final_eval_ppl"]), r["final_eval_ppl"]))
     body = [
         [
@@ -201,6 +212,7 @@ def format_table(summary: SweepSummary) -> str:
             f"{r['best_eval_ppl']:.4g}",
             f"{r['eval_train_ratio']:.3g}",
             str(r["steps"]),
+            str(r["start_step"]),
             r["stop_reason"],
         ]
         for r in ordered

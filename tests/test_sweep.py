@@ -138,6 +138,58 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
     assert (student / "config.json").exists()
 
 
+def test_trials_sharing_phase_1_fork_from_one_prefix_run_and_equal_training_from_scratch(ray_local, tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from orchestrator.shared_prefix import PREFIX_DIR, read_table
+    from orchestrator.sweep import TRIALS_DIR, trial_config
+    from orchestrator.telemetry import METRICS_FILE
+    from orchestrator.train_command import run_training
+    from orchestrator.trainer import STUDENT_DIR
+
+    base = base_config(tmp_path)
+    points = [
+        {"curriculum.phase1_end": 0.5, "curriculum.phase2_end": 0.75},  # phase 1 = steps 1-20
+        {"curriculum.phase1_end": 0.25, "curriculum.phase2_end": 0.5},  # phase 1 = steps 1-10
+    ]
+    settings = SweepSettings(space="custom", scheduler="fifo", max_eval_train_ratio=math.inf, num_samples=2)
+    run_dir = tmp_path / "sweep"
+    run_sweep(base, settings, run_dir, space=get_space("curriculum"), points=points)
+
+    # One prefix run trained phase 1 up to the later fork, with a checkpoint at each fork.
+    (prefix,) = read_table(run_dir).values()
+    assert prefix.fork_steps == [10, 20] and sorted(prefix.checkpoints) == [10, 20]
+    prefix_steps = [
+        json.loads(line)["step"] for line in (run_dir / PREFIX_DIR / prefix.key / METRICS_FILE).open()
+    ]
+    assert max(prefix_steps) == 20
+
+    rows = {float(r["curriculum.phase1_end"]): r for r in read_results_csv(run_dir / RESULTS_CSV)}
+    for p1, fork in ((0.5, 20), (0.25, 10)):
+        row = rows[p1]
+        assert row["stop_reason"] == "completed" and int(row["steps"]) == MAX_STEPS
+        assert int(row["start_step"]) == fork
+        trial_steps = [
+            json.loads(line)["step"]
+            for line in (run_dir / TRIALS_DIR / row["trial_id"] / METRICS_FILE).open()
+        ]
+        assert fork < min(trial_steps) <= fork + 5  # only its own steps (logged every 5)
+
+    # Forking is exact: the same config trained from step 0 ends with the same student and eval ppl.
+    row = rows[0.5]
+    scratch = run_training(trial_config(base.to_dict(), points[0], False), tmp_path / "scratch", echo=False)
+    scratch_last = [json.loads(line) for line in (tmp_path / "scratch" / METRICS_FILE).open()][-1]
+    assert math.isclose(scratch_last["eval/ppl"], float(row["final_eval_ppl"]), rel_tol=1e-5)
+    forked = load_file(run_dir / TRIALS_DIR / row["trial_id"] / STUDENT_DIR / "model.safetensors")
+    fresh = load_file(scratch / "model.safetensors")
+    assert forked.keys() == fresh.keys()
+    for key in fresh:
+        torch.testing.assert_close(forked[key], fresh[key], rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Without a cluster: CLI errors, stop reasons, the CSV and best_config.yaml, trial resources.
 
@@ -214,8 +266,10 @@ def test_rows_csv_and_best_config(tmp_path):
         "best_eval_ppl",
         "eval_train_ratio",
         "steps",
+        "start_step",
         "stop_reason",
     ]
+    assert rows[0]["start_step"] == "0"  # started from step 0: no shared prefix
     base = config_from_dict({}).to_dict()
     config = best_config(base, row, ["curriculum.phase1_end"])
     write_best_config(tmp_path / BEST_CONFIG, config, row, ["curriculum.phase1_end"], "here")

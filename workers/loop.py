@@ -175,7 +175,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window_tokens, window_start = 0, time.perf_counter()
     step = position.step
     stop_file = runtime.get("stop_file")
-    while step < max_steps:
+    # A sweep's shared phase-1 prefix (orchestrator.shared_prefix) trains on the full run's schedule
+    # but stops early, with a checkpoint at every step a trial forks from.
+    stop_at = int(runtime.get("stop_at_step") or max_steps)
+    checkpoint_steps = {int(s) for s in runtime.get("checkpoint_steps", ())}
+    while step < stop_at:
         # A sweep trial Tune has stopped: leave at once (checked every step, not at the next report,
         # so a stopped trial trains no further while Ray tears it down), no export.
         if stop_file and any_rank(os.path.exists(stop_file)):
@@ -195,7 +199,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         is_last = step == max_steps
         do_eval = step % int(train["eval_every"]) == 0 or is_last
-        do_checkpoint = step % int(train["checkpoint_every"]) == 0 or is_last
+        do_checkpoint = step % int(train["checkpoint_every"]) == 0 or is_last or step in checkpoint_steps
         do_log = step % int(train["log_every"]) == 0 or do_eval or do_checkpoint or result.skipped
         too_many = nonfinite_streak >= int(train["max_nonfinite_in_a_row"])
         if not (do_log or too_many):
@@ -238,5 +242,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(record)
         window_tokens, window_start = 0, time.perf_counter()
 
+    if stop_at < max_steps:
+        return  # a prefix run: its checkpoints are what the trials need, not a half-trained student
     export_student(engine, tokenizer, runtime["student_dir"], rank, int(config["deepspeed"]["zero_stage"]))
     barrier()
