@@ -13,6 +13,7 @@ import pytest
 from ray import tune
 
 from orchestrator.config import load_config
+from orchestrator.errors import UserError
 from orchestrator.sweep import SweepSettings, run_sweep
 from orchestrator.sweep_results import BEST_CONFIG, RESULTS_CSV, read_results_csv
 from search_spaces import get_space
@@ -217,6 +218,23 @@ def test_cli_resume_needs_a_sweep_dir(tmp_path, capsys):
 
     assert main(["sweep", "--resume", str(tmp_path)]) == 2
     assert "no sweep there" in capsys.readouterr().err
+
+
+def test_a_sweep_interrupted_before_tune_started_can_resume_and_is_not_overwritten(tmp_path):
+    """Ctrl-C while the shared phase-1 prefix trains: Tune has no experiment yet, but the drawn points
+    are saved, so --resume can start it; a new sweep into that dir is refused."""
+    from orchestrator.sweep import init_sweep_dir, load_sweep_dir, read_points, write_points
+
+    base = load_config(ROOT / "configs" / "tiny.yaml")
+    init_sweep_dir(tmp_path, base, SweepSettings(num_samples=2))
+    points = [{"curriculum.phase1_end": 0.3, "curriculum.phase2_end": 0.6}]
+    write_points(tmp_path, points)
+    run_dir, loaded, settings = load_sweep_dir(tmp_path)
+    assert run_dir == tmp_path.resolve() and loaded == base and settings.num_samples == 2
+    assert read_points(tmp_path) == points
+    with pytest.raises(UserError, match="already holds a sweep"):
+        init_sweep_dir(tmp_path, base, SweepSettings())
+    assert read_points(tmp_path) == points
 
 
 def record(status="TERMINATED", steps=(5, 10), ratios=(1.0, 1.0), ppls=(50.0, 40.0)):
