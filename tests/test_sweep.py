@@ -1,7 +1,7 @@
 """A real 4-trial sweep: local Ray, Tune's ASHA + the eval/train ratio stopper, each trial a TorchTrainer
 with one DeepSpeed worker on tiny models. One trial is built to overfit (train and eval text differ
-and its learning rate is 50-100x the others'), and the ratio stopper must stop it. The best config then re-runs
-through `raydistill train`. No mocks."""
+and its learning rate is ~70x the others'), and the ratio stopper must stop it. The other three share
+their phase-1 prefix, trained once. The best config then re-runs through `raydistill train`. No mocks."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.ray
 
 MAX_STEPS = 40
 OVERFIT_LR = 1e-2
-LRS = [1e-4, 1.5e-4, 2e-4, OVERFIT_LR]
+SHARED_LR = 1.5e-4
 
 
 @pytest.fixture(scope="module")
@@ -96,96 +96,82 @@ def base_config(tmp_path: Path):
 
 
 def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp_path):
-    import ray
-
-    from orchestrator.train_command import run_training
-
-    base = base_config(tmp_path)
-    # Four trials: the learning rates on a grid (the last one overfits), curriculum sampled as usual.
-    space = {"train.lr": tune.grid_search(LRS), **get_space("curriculum")}
-    settings = SweepSettings(space="custom", num_samples=1, max_eval_train_ratio=2.0, ratio_grace_evals=1)
-    run_dir = tmp_path / "sweep"
-    summary = run_sweep(base, settings, run_dir, space=space)
-
-    rows = {float(r["train.lr"]): r for r in read_results_csv(run_dir / RESULTS_CSV)}
-    assert sorted(rows) == sorted(LRS)
-    for row in rows.values():
-        assert {"trial_id", "curriculum.phase1_end", "curriculum.phase2_end"} <= set(row)
-        assert float(row["curriculum.phase1_end"]) <= float(row["curriculum.phase2_end"])
-        assert row["stop_reason"] in ("completed", "scheduler", "eval_train_ratio"), row
-        assert math.isfinite(float(row["best_eval_ppl"]))
-        assert float(row["best_eval_ppl"]) <= float(row["final_eval_ppl"])
-
-    overfit = rows[OVERFIT_LR]
-    assert overfit["stop_reason"] == "eval_train_ratio", overfit
-    assert float(overfit["eval_train_ratio"]) > 2.0
-    assert int(overfit["steps"]) < MAX_STEPS  # stopped early, and its workers left promptly
-    assert any(r["stop_reason"] == "completed" for r in rows.values())
-
-    # Stopped trials shut their Train runs down cleanly: no placement group outlives its trial.
-    live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
-    assert live == []
-
-    # The Tune experiment and per-trial metrics are in the run dir.
-    assert (run_dir / "tune").is_dir()
-    assert len(list((run_dir / "trials").glob("*/metrics.jsonl"))) == 4
-
-    # best_config.yaml is a complete config `raydistill train` accepts as is.
-    best = load_config(run_dir / BEST_CONFIG)
-    assert summary.best is not None and summary.best["stop_reason"] == "completed"
-    assert best.train.lr == float(summary.best["train.lr"]) != OVERFIT_LR
-    assert best.curriculum.phase2_end == float(summary.best["curriculum.phase2_end"])
-    student = run_training(best, tmp_path / "best-run", echo=False)
-    assert (student / "config.json").exists()
-
-
-def test_trials_sharing_phase_1_fork_from_one_prefix_run_and_equal_training_from_scratch(ray_local, tmp_path):
+    """One sweep, four trials under ASHA + the ratio stopper: three at one learning rate that differ
+    only in their phase boundaries (so they share a phase-1 prefix, trained once) and one that
+    overfits. The best config, trained from step 0 by `raydistill train`, reproduces its trial."""
     import json
 
+    import ray
     import torch
     from safetensors.torch import load_file
 
     from orchestrator.shared_prefix import PREFIX_DIR, read_table
-    from orchestrator.sweep import TRIALS_DIR, trial_config
+    from orchestrator.sweep import TRIALS_DIR
     from orchestrator.telemetry import METRICS_FILE
     from orchestrator.train_command import run_training
     from orchestrator.trainer import STUDENT_DIR
 
     base = base_config(tmp_path)
+    forks = {0.75: 30, 0.5: 20, 0.25: 10}  # phase1_end -> its last phase-1 step of MAX_STEPS
     points = [
-        {"curriculum.phase1_end": 0.5, "curriculum.phase2_end": 0.75},  # phase 1 = steps 1-20
-        {"curriculum.phase1_end": 0.25, "curriculum.phase2_end": 0.5},  # phase 1 = steps 1-10
+        {"train.lr": SHARED_LR, "curriculum.phase1_end": p1, "curriculum.phase2_end": round(p1 + 0.2, 2)}
+        for p1 in forks
     ]
-    settings = SweepSettings(space="custom", scheduler="fifo", max_eval_train_ratio=math.inf, num_samples=2)
+    points.append({"train.lr": OVERFIT_LR, "curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.3})
+    space = {"train.lr": tune.choice([SHARED_LR, OVERFIT_LR]), **get_space("curriculum")}
+    settings = SweepSettings(space="custom", num_samples=4, max_eval_train_ratio=2.0, ratio_grace_evals=1)
     run_dir = tmp_path / "sweep"
-    run_sweep(base, settings, run_dir, space=get_space("curriculum"), points=points)
+    summary = run_sweep(base, settings, run_dir, space=space, points=points)
 
-    # One prefix run trained phase 1 up to the later fork, with a checkpoint at each fork.
+    rows = read_results_csv(run_dir / RESULTS_CSV)
+    assert len(rows) == 4
+    for row in rows:
+        assert {"trial_id", "train.lr", "curriculum.phase1_end", "curriculum.phase2_end"} <= set(row)
+        assert float(row["curriculum.phase1_end"]) <= float(row["curriculum.phase2_end"])
+        assert row["stop_reason"] in ("completed", "scheduler", "eval_train_ratio"), row
+        assert math.isfinite(float(row["best_eval_ppl"]))
+        assert float(row["best_eval_ppl"]) <= float(row["final_eval_ppl"])
+
+    (overfit,) = [r for r in rows if float(r["train.lr"]) == OVERFIT_LR]
+    assert overfit["stop_reason"] == "eval_train_ratio", overfit
+    assert float(overfit["eval_train_ratio"]) > 2.0
+    assert int(overfit["steps"]) < MAX_STEPS  # stopped early, and its workers left promptly
+    assert int(overfit["start_step"]) == 0  # no phase 1 to share
+    assert any(r["stop_reason"] == "completed" for r in rows)
+
+    # One prefix run trained phase 1 up to the latest fork, with a checkpoint at each; each trial
+    # of the group started from its own fork and trained only its own steps.
     (prefix,) = read_table(run_dir).values()
-    assert prefix.fork_steps == [10, 20] and sorted(prefix.checkpoints) == [10, 20]
-    prefix_steps = [
-        json.loads(line)["step"] for line in (run_dir / PREFIX_DIR / prefix.key / METRICS_FILE).open()
-    ]
-    assert max(prefix_steps) == 20
-
-    rows = {float(r["curriculum.phase1_end"]): r for r in read_results_csv(run_dir / RESULTS_CSV)}
-    for p1, fork in ((0.5, 20), (0.25, 10)):
-        row = rows[p1]
-        assert row["stop_reason"] == "completed" and int(row["steps"]) == MAX_STEPS
+    assert prefix.fork_steps == sorted(forks.values()) and sorted(prefix.checkpoints) == prefix.fork_steps
+    prefix_metrics = run_dir / PREFIX_DIR / prefix.key / METRICS_FILE
+    assert max(json.loads(line)["step"] for line in prefix_metrics.open()) == max(forks.values())
+    for row in rows:
+        if float(row["train.lr"]) != SHARED_LR:
+            continue
+        fork = forks[float(row["curriculum.phase1_end"])]
         assert int(row["start_step"]) == fork
-        trial_steps = [
-            json.loads(line)["step"]
-            for line in (run_dir / TRIALS_DIR / row["trial_id"] / METRICS_FILE).open()
-        ]
-        assert fork < min(trial_steps) <= fork + 5  # only its own steps (logged every 5)
+        metrics = run_dir / TRIALS_DIR / row["trial_id"] / METRICS_FILE
+        first = min(json.loads(line)["step"] for line in metrics.open())
+        assert fork < first <= fork + 5  # logged every 5 steps
 
-    # Forking is exact: the same config trained from step 0 ends with the same student and eval ppl.
-    row = rows[0.5]
-    scratch = run_training(trial_config(base.to_dict(), points[0], False), tmp_path / "scratch", echo=False)
-    scratch_last = [json.loads(line) for line in (tmp_path / "scratch" / METRICS_FILE).open()][-1]
-    assert math.isclose(scratch_last["eval/ppl"], float(row["final_eval_ppl"]), rel_tol=1e-5)
-    forked = load_file(run_dir / TRIALS_DIR / row["trial_id"] / STUDENT_DIR / "model.safetensors")
-    fresh = load_file(scratch / "model.safetensors")
+    # Stopped trials shut their Train runs down cleanly: no placement group outlives its trial.
+    live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert live == []
+    assert (run_dir / "tune").is_dir()
+    assert len(list((run_dir / "trials").glob("*/metrics.jsonl"))) == 4
+
+    # best_config.yaml is a complete config `raydistill train` accepts as is. The best trial started
+    # from the shared prefix; trained from step 0 it ends with the same student and eval ppl.
+    best = load_config(run_dir / BEST_CONFIG)
+    assert summary.best is not None and summary.best["stop_reason"] == "completed"
+    assert best.train.lr == float(summary.best["train.lr"]) == SHARED_LR
+    assert best.curriculum.phase2_end == float(summary.best["curriculum.phase2_end"])
+    assert summary.best["start_step"] > 0
+    student = run_training(best, tmp_path / "best-run", echo=False)
+    last = [json.loads(line) for line in (tmp_path / "best-run" / METRICS_FILE).open()][-1]
+    assert math.isclose(last["eval/ppl"], summary.best["final_eval_ppl"], rel_tol=1e-5)
+    forked = load_file(run_dir / TRIALS_DIR / summary.best["trial_id"] / STUDENT_DIR / "model.safetensors")
+    fresh = load_file(student / "model.safetensors")
     assert forked.keys() == fresh.keys()
     for key in fresh:
         torch.testing.assert_close(forked[key], fresh[key], rtol=1e-5, atol=1e-6)
