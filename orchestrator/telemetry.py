@@ -124,7 +124,8 @@ class MetricsCallback(UserCallback):
             self._start = (now, record["step"])
         t0, s0 = self._start
         done = record["step"] - s0
-        eta = (now - t0) / done * (record["max_steps"] - record["step"]) if done > 0 else None
+        end = record.get("stop_step", record["max_steps"])  # a shared prefix stops before max_steps
+        eta = (now - t0) / done * (end - record["step"]) if done > 0 else None
         if record["phase"] != self._last_phase:
             print(phase_announcement(record), flush=True)
             self._last_phase = record["phase"]

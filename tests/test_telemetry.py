@@ -276,6 +276,17 @@ def test_eta_from_the_observed_rate(tmp_path, capsys, monkeypatch):
     assert "eta 1m20s" in capsys.readouterr().out
 
 
+def test_eta_of_a_shared_prefix_counts_to_its_stop_step(tmp_path, capsys, monkeypatch):
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(telemetry.time, "monotonic", lambda: next(clock))
+    callback = MetricsCallback(str(tmp_path))
+    callback.after_report(None, [record(step=10, stop_step=30)], None)
+    callback.after_report(None, [record(step=20, stop_step=30)], None)
+    # 10 steps in 10 s, 10 steps to go before the prefix run stops (not 80 to max_steps).
+    out = capsys.readouterr().out
+    assert "step 20/100" in out and "eta 0m10s" in out
+
+
 def test_each_phase_transition_is_announced_once(tmp_path, capsys):
     callback = MetricsCallback(str(tmp_path))
     for step, phase in [(10, 1), (20, 1), (30, 2), (40, 2), (60, 3), (70, 3)]:

@@ -219,6 +219,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         if result.skipped:
             record["nonfinite_components"] = ",".join(result.nonfinite)
+        if stop_at < max_steps:
+            record["stop_step"] = stop_at  # the progress line's eta counts to here
         if do_eval:
             eval_metrics = eval_pass(engine, teacher, evals, progress)
             record.update(eval_metrics)
