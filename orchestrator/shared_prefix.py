@@ -5,8 +5,15 @@ only in their phase boundaries are the same run until the earlier of their phase
 data order, lr schedule and loss weights. `raydistill sweep` therefore trains that phase-1 prefix once
 per group of such trials (a "prefix run": phase 1 throughout, stopped at the latest phase-1 end of the
 group, with a checkpoint at each trial's phase-1 end) and starts each trial from the checkpoint at
-its own phase-1 end. That saves the repeated steps, and the scheduler judges trials only from where
-they differ: before, trials identical up to ASHA's first rung tied there, and ties are all promoted.
+its own phase-1 end. That saves the repeated steps and changes nothing else: before its Train run
+starts, a forked trial reports to Tune the prefix run's evals up to its fork (the results it would
+have reported itself), so the scheduler and the ratio stopper see every trial at its true steps.
+(Without that replay a forked trial's first result, from after its fork, would be compared at an
+earlier ASHA rung with other trials' results from that rung: seen here, it stopped the trials with
+no phase 1, the best among them, against values from 10-20 steps further on.)
+
+Only for schedulers that stop trials (ASHA, FIFO): PBT and HyperBand restart trials from Tune
+checkpoints, which the replayed results do not carry.
 
 A checkpoint resumes exactly (tests/test_train_e2e.py), so a forked trial trains the same model as its
 config run from step 0; tests/test_shared_prefix.py checks it on a real sweep.
@@ -140,6 +147,15 @@ def fork_point(config: Config, table: dict[str, PrefixRun]) -> tuple[str, int] |
     if run is None or steps not in run.checkpoints:
         return None
     return run.checkpoints[steps], steps
+
+
+def prefix_evals(sweep_dir: Path, config: Config, fork_step: int) -> list[dict[str, Any]]:
+    """The prefix run's eval records up to `fork_step`: the results a trial forking there would have
+    reported itself had it trained from step 0 (its steps up to the fork are the prefix's steps)."""
+    from orchestrator.telemetry import METRICS_FILE, read_metrics
+
+    records = read_metrics(sweep_dir / PREFIX_DIR / prefix_key(config) / METRICS_FILE)
+    return [r for r in records if "eval/ppl" in r and r["step"] <= fork_step]
 
 
 def read_table(sweep_dir: Path) -> dict[str, PrefixRun]:

@@ -90,7 +90,8 @@ class SweepSettings:
     ratio_grace_evals: int = 1
     seed: int = 0
     max_concurrent: int | None = None
-    # Train a phase-1 prefix shared by several trials once (orchestrator.shared_prefix).
+    # Train a phase-1 prefix shared by several trials once (orchestrator.shared_prefix); ASHA and
+    # FIFO only: PBT and HyperBand restart trials from Tune checkpoints.
     share_prefix: bool = True
 
     def validate(self) -> None:
@@ -375,7 +376,7 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     import ray.tune
     from ray.util.queue import Queue
 
-    from orchestrator.shared_prefix import fork_point
+    from orchestrator.shared_prefix import fork_point, prefix_evals
     from orchestrator.telemetry import MetricsCallback
     from orchestrator.trainer import build_trainer
     from workers.checkpointing import read_state
@@ -396,8 +397,11 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
         run_name = _next_run_name(trial_dir)
     config = trial_config(setup.base, params, setup.tune_checkpoints)
     if restored is None and (fork := fork_point(config, setup.prefixes)) is not None:
-        # Its phase 1 was trained once for the trials sharing it: start at this trial's phase-1 end.
+        # Its phase 1 was trained once for the trials sharing it: start at this trial's phase-1 end,
+        # after telling Tune the results it would have had until then (a stop here costs nothing).
         start_checkpoint, start_step = fork
+        for record in prefix_evals(Path(setup.sweep_dir), config, start_step):
+            ray.tune.report(_tune_metrics(record, params, run_name, start_step))
 
     run_dir = trial_dir / run_name
     stop_file = trial_dir / f"{run_name}.stop"
@@ -700,7 +704,7 @@ def run_sweep(
         if points is None:
             points = sample_points(space, settings.num_samples, settings.seed, anchors)
         write_points(run_dir, points)
-        if settings.share_prefix:
+        if settings.share_prefix and not settings.tune_checkpoints:
             configs = [trial_config(base_dict, p, settings.tune_checkpoints) for p in points]
             write_table(run_dir, {run.key: run for run in plan_prefixes(configs)})
     # Before any trial starts (and again on --resume, for one that was interrupted).

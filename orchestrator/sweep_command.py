@@ -65,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-shared-prefix",
         dest="share_prefix",
         action="store_false",
-        help="train every trial from step 0 (default: trials that differ only in their phase boundaries "
-        "train their common phase 1 once and start from its checkpoint at their own phase-1 end)",
+        help="train every trial from step 0 (default with asha and fifo: trials that differ only in their "
+        "phase boundaries train their common phase 1 once and start from its checkpoint at their own "
+        "phase-1 end)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling the space (default 0)")
     parser.add_argument(

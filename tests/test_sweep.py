@@ -144,7 +144,8 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
     (prefix,) = read_table(run_dir).values()
     assert prefix.fork_steps == sorted(forks.values()) and sorted(prefix.checkpoints) == prefix.fork_steps
     prefix_metrics = run_dir / PREFIX_DIR / prefix.key / METRICS_FILE
-    assert max(json.loads(line)["step"] for line in prefix_metrics.open()) == max(forks.values())
+    prefix_records = [r for r in map(json.loads, prefix_metrics.open()) if "eval/ppl" in r]
+    assert max(r["step"] for r in prefix_records) == max(forks.values())
     for row in rows:
         if float(row["train.lr"]) != SHARED_LR:
             continue
@@ -153,6 +154,11 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
         metrics = run_dir / TRIALS_DIR / row["trial_id"] / METRICS_FILE
         first = min(json.loads(line)["step"] for line in metrics.open())
         assert fork < first <= fork + 5  # logged every 5 steps
+        # Tune saw the prefix's evals up to the fork as the trial's own results, then the trial's.
+        results = [json.loads(line) for line in (run_dir / "tune" / row["trial_id"] / "result.json").open()]
+        replayed = [(r["step"], r["eval/ppl"]) for r in results if r["step"] <= fork]
+        assert replayed == [(r["step"], r["eval/ppl"]) for r in prefix_records if r["step"] <= fork]
+        assert all(r["start_step"] == fork for r in results)
 
     # Stopped trials shut their Train runs down cleanly: no placement group outlives its trial.
     live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
