@@ -11,3 +11,12 @@ class ConfigError(UserError, ValueError):
 
 class RunFailed(Exception):
     """A run started but failed (a worker error, too many non-finite steps). One line, exit 1."""
+
+
+def root_cause(exc: BaseException) -> str:
+    """The last non-blank line of the innermost cause: what Ray's wrapped worker errors come down to."""
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    lines = [line for line in str(seen).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(seen).__name__

@@ -152,10 +152,11 @@ def fork_point(config: Config, table: dict[str, PrefixRun]) -> tuple[str, int] |
 def prefix_evals(sweep_dir: Path, config: Config, fork_step: int) -> list[dict[str, Any]]:
     """The prefix run's eval records up to `fork_step`: the results a trial forking there would have
     reported itself had it trained from step 0 (its steps up to the fork are the prefix's steps)."""
+    from orchestrator.sweep import EVAL_METRIC
     from orchestrator.telemetry import METRICS_FILE, read_metrics
 
     records = read_metrics(sweep_dir / PREFIX_DIR / prefix_key(config) / METRICS_FILE)
-    return [r for r in records if "eval/ppl" in r and r["step"] <= fork_step]
+    return [r for r in records if EVAL_METRIC in r and r["step"] <= fork_step]
 
 
 def read_table(sweep_dir: Path) -> dict[str, PrefixRun]:
@@ -187,8 +188,9 @@ def checkpoints_by_step(run_dir: Path) -> dict[int, str]:
 def train_prefix(run: PrefixRun, sweep_dir: Path, prepared) -> PrefixRun:
     """Train one prefix run (or finish an interrupted one: Ray Train resumes the same run dir) and
     return it with its checkpoints filled in."""
+    from orchestrator.errors import root_cause
     from orchestrator.telemetry import MetricsCallback
-    from orchestrator.train_command import TrainingFailed, _root_cause
+    from orchestrator.train_command import TrainingFailed
     from orchestrator.trainer import PreparedRun, build_trainer
 
     config = config_from_dict(run.config)
@@ -211,7 +213,7 @@ def train_prefix(run: PrefixRun, sweep_dir: Path, prepared) -> PrefixRun:
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
-        raise TrainingFailed(f"the trials' shared phase-1 prefix failed: {_root_cause(exc)}") from exc
+        raise TrainingFailed(f"the trials' shared phase-1 prefix failed: {root_cause(exc)}") from exc
     checkpoints = checkpoints_by_step(run_dir)
     missing = [s for s in run.fork_steps if s not in checkpoints]
     if missing:

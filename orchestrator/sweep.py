@@ -49,7 +49,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from orchestrator.config import Config, config_from_dict, get_dotted
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, root_cause
 from orchestrator.trainer import STUDENT_DIR, PreparedRun
 
 EVAL_METRIC = "eval/ppl"
@@ -347,14 +347,6 @@ def _next_run_name(trial_dir: Path) -> str:
     return f"run_{n}"
 
 
-def _root_cause(exc: BaseException) -> str:
-    seen = exc
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
-    lines = [line for line in str(seen).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(seen).__name__
-
-
 class TrialFailed(RuntimeError):
     pass
 
@@ -452,7 +444,7 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
         stop_file.touch()
         raise
     if "error" in outcome:
-        raise TrialFailed(f"trial {trial_id}: {_root_cause(outcome['error'])}") from outcome["error"]
+        raise TrialFailed(f"trial {trial_id}: {root_cause(outcome['error'])}") from outcome["error"]
 
 
 trial_driver.__mixins__ = (StopTrainRunsFirst,)

@@ -95,6 +95,18 @@ def _settings(args: argparse.Namespace):
     )
 
 
+def resume_hint(run_dir: Path) -> str | None:
+    """What to print when Ctrl-C lands before Tune took over (data, or the shared phase-1 prefix).
+
+    Tune prints nothing then, but the drawn points are saved before the prefix trains, so
+    `--resume` can start the sweep from there; before that there is nothing to resume."""
+    from orchestrator.sweep import POINTS_FILE
+
+    if not (run_dir / POINTS_FILE).exists():
+        return None
+    return f"raydistill: interrupted; continue with: raydistill sweep --resume {run_dir}"
+
+
 def run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.sweep import load_sweep_dir, run_sweep
@@ -119,7 +131,14 @@ def run(args: argparse.Namespace) -> int:
             f"raydistill: sweeping space '{settings.space}' with {settings.num_samples} trials "
             f"({settings.scheduler}, eval/train ratio limit {settings.max_eval_train_ratio:g}) in {run_dir}"
         )
-    summary = run_sweep(base, settings, run_dir, resume=args.resume is not None)
+    try:
+        summary = run_sweep(base, settings, run_dir, resume=args.resume is not None)
+    except KeyboardInterrupt:
+        hint = resume_hint(run_dir)
+        if hint is None:
+            raise
+        print(hint, flush=True)
+        return 130
     print(format_table(summary))
     if summary.rows and all(r["stop_reason"] == "error" for r in summary.rows):
         raise RunFailed(f"every trial failed; see the errors above and {summary.run_dir / 'tune'}")

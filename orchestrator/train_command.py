@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from orchestrator.config import Config, load_config
-from orchestrator.errors import RunFailed
+from orchestrator.errors import RunFailed, root_cause
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,21 +61,12 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
-        raise TrainingFailed(_root_cause(exc)) from exc
+        raise TrainingFailed(f"training failed: {root_cause(exc)}") from exc
     return run_dir / STUDENT_DIR
 
 
 class TrainingFailed(RunFailed):
     pass
-
-
-def _root_cause(exc: BaseException) -> str:
-    seen = exc
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
-    text = str(seen).strip().splitlines()
-    last = [line for line in text if line.strip()][-1] if text else type(seen).__name__
-    return f"training failed: {last}"
 
 
 def run(args: argparse.Namespace) -> int:

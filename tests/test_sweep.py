@@ -229,6 +229,18 @@ def test_a_sweep_interrupted_before_tune_started_can_resume_and_is_not_overwritt
     assert read_points(tmp_path) == points
 
 
+def test_ctrl_c_before_tune_prints_the_resume_command_once_points_are_saved(tmp_path):
+    from orchestrator.sweep import write_points
+    from orchestrator.sweep_command import resume_hint
+
+    assert resume_hint(tmp_path) is None  # nothing drawn yet: nothing to resume
+    write_points(tmp_path, [{"curriculum.phase1_end": 0.3, "curriculum.phase2_end": 0.6}])
+    assert (
+        resume_hint(tmp_path)
+        == f"raydistill: interrupted; continue with: raydistill sweep --resume {tmp_path}"
+    )
+
+
 def record(status="TERMINATED", steps=(5, 10), ratios=(1.0, 1.0), ppls=(50.0, 40.0)):
     from orchestrator.sweep_results import TrialRecord
 
