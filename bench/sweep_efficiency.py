@@ -95,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "deterministic) instead of running it again",
     )
     parser.add_argument(
+        "--reuse-early",
+        action="store_true",
+        help="take the early arm from an earlier run in --run-dir (to re-report it)",
+    )
+    parser.add_argument(
         "--no-shared-prefix",
         action="store_true",
         help="the early arm trains every trial from step 0 (ASHA and the stopper alone)",
@@ -144,24 +149,81 @@ def pretrained_teacher(base, steps: int, run_root: Path) -> str:
     return str(student.resolve())
 
 
-def reused_full_arm(run_dir: Path, base, points: list[dict]) -> dict:
-    """The full arm of an earlier run of this bench, if it ran the same base config and points."""
+def reused_arm(name: str, run_dir: Path, base, points: list[dict]) -> dict:
+    """An arm of an earlier run of this bench, if it ran the same base config and points."""
     from orchestrator.sweep import load_sweep_dir
     from orchestrator.sweep_results import summarize
 
+    flag, run_dir = f"--reuse-{name}", run_dir.resolve()
     if not run_dir.is_dir():
-        raise SystemExit(f"--reuse-full: no earlier full arm in {run_dir}")
+        raise SystemExit(f"{flag}: no earlier {name} arm in {run_dir}")
     _, old_base, settings = load_sweep_dir(run_dir)
     if old_base.to_dict() != base.to_dict():
-        raise SystemExit(f"--reuse-full: {run_dir} ran another base config")
+        raise SystemExit(f"{flag}: {run_dir} ran another base config")
     summary = summarize(run_dir, base.to_dict(), settings)
     ran = sorted(
         repr(sorted(r.items())) for r in ({k: row[k] for k in summary.param_keys} for row in summary.rows)
     )
     if ran != sorted(repr(sorted(p.items())) for p in points):
-        raise SystemExit(f"--reuse-full: {run_dir} ran other points")
-    print(f"== full: reusing {run_dir}", flush=True)
+        raise SystemExit(f"{flag}: {run_dir} ran other points")
+    print(f"== {name}: reusing {run_dir}", flush=True)
     return {**summarise(summary, math.nan), "reused_from": str(run_dir)}
+
+
+def trials_at_once(base) -> int:
+    """How many trials `raydistill sweep` runs at once for this config on this machine's Ray."""
+    import ray
+
+    from orchestrator.ray_session import ensure_ray
+    from orchestrator.sweep import max_concurrent_trials
+
+    ensure_ray(base.scaling.num_workers, base.scaling.cpus_per_worker, base.scaling.use_gpu)
+    return max_concurrent_trials(ray.cluster_resources(), base, None)
+
+
+def _point_index(row: dict, points: list[dict]) -> int:
+    return next(i for i, p in enumerate(points) if all(row.get(k) == v for k, v in p.items()))
+
+
+def by_trial_count(base, points: list[dict], early: dict, full: dict, counts: list[int]) -> list[dict]:
+    """What the same sweeps would have cost and found with only their first n trials.
+
+    Exact, not a model, when trials run one at a time (as on this machine): Tune starts them in
+    point order, async ASHA judges trial i against the trials before it only, the ratio stopper
+    looks at each trial alone, and a trial forked from a shared prefix reports the results it
+    would have reported from step 0. So the first n trials of an N-trial sweep are an n-trial
+    sweep, except for the prefix, which is re-planned for the n trials (a trial alone in its group
+    runs from step 0, and is charged its steps from 0). n = N repeats the measured figures.
+    """
+    from orchestrator.shared_prefix import phase1_steps, plan_prefixes, prefix_key
+    from orchestrator.sweep_results import pick_best
+
+    early_rows = sorted(early["trials"], key=lambda r: _point_index(r, points))
+    full_rows = sorted(full["trials"], key=lambda r: _point_index(r, points))
+    curve = []
+    for n in counts:
+        configs = [trial_config(base.to_dict(), p, False) for p in points[:n]]
+        plans = {run.key: run for run in plan_prefixes(configs)}
+        own = 0
+        for config, row in zip(configs, early_rows[:n]):
+            fork = phase1_steps(config) if prefix_key(config) in plans else 0
+            own += max(0, row["steps"] - fork)  # a trial stopped on a replayed result runs none
+        prefix = sum(run.steps for run in plans.values())
+        full_steps = sum(r["steps"] - r["start_step"] for r in full_rows[:n])
+        recommended, best = pick_best(early_rows[:n]), pick_best(full_rows[:n])
+        curve.append(
+            {
+                "trials": n,
+                "early_trial_steps": own + prefix,
+                "shared_prefix_steps": prefix,
+                "full_trial_steps": full_steps,
+                "compute_fraction": round((own + prefix) / full_steps, 4),
+                "recommended_ppl": recommended["final_eval_ppl"],
+                "full_best_ppl": best["final_eval_ppl"],
+                "recommended_ppl_gap": round(recommended["final_eval_ppl"] / best["final_eval_ppl"] - 1, 4),
+            }
+        )
+    return curve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = run_root / (
             name if name == "full" or args.scheduler == "asha" else f"{name}-{args.scheduler}"
         )
-        if name == "full" and args.reuse_full:
-            results[name] = reused_full_arm(run_dir, base, points)
+        if (name == "full" and args.reuse_full) or (name == "early" and args.reuse_early):
+            results[name] = reused_arm(name, run_dir, base, points)
             continue
         if run_dir.exists():
             shutil.rmtree(run_dir)  # this benchmark's own output from an earlier run
@@ -236,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = [trial_config(base.to_dict(), p, False) for p in points]
     full_shared_steps = full["trial_steps"] - steps_saved(configs)
     gap = early["recommended_ppl"] / full["recommended_ppl"] - 1.0
+    counts = sorted({*range(8, args.num_samples, 4), args.num_samples})
+    # The first-n figures are exact only when trials ran one at a time (see by_trial_count).
+    one_at_a_time = trials_at_once(base) == 1
+    curve = by_trial_count(base, points, early, full, counts) if one_at_a_time else []
     report = {
         "config": args.config,
         "teacher": base.teacher,
@@ -257,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "target": {"compute_fraction_max": TARGET_COMPUTE, "ppl_gap_max": TARGET_PPL_GAP},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "references": references,
+        "trials_at_once": 1 if one_at_a_time else "more than 1",
+        "by_trial_count": curve,
         "early": early,
         "full": full,
     }
@@ -281,6 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         f"prefix sharing alone (every trial to the end, from its fork): {full_shared_steps} trial-steps, "
         f"{full_shared_steps / full['trial_steps']:.1%} of full"
     )
+    if curve:
+        print("\nthe same sweeps cut to their first n trials (exact one trial at a time):")
+        print(f"{'trials':>7}{'early steps':>13}{'full steps':>12}{'compute':>9}{'ppl gap':>9}")
+        for c in curve:
+            print(
+                f"{c['trials']:>7}{c['early_trial_steps']:>13}{c['full_trial_steps']:>12}"
+                f"{c['compute_fraction']:>9.1%}{c['recommended_ppl_gap']:>+9.1%}"
+            )
     for label, ref in references.items():
         print(f"reference {label}: final eval ppl {ref['final_eval_ppl']:.4g}")
     if early["recommended"]:
