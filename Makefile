@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	touch $@
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	# The slowest tests listed at the end: the suite should stay under ~20 minutes.
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: setup
 	$(BIN)/raydistill demo
