@@ -22,6 +22,9 @@ KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 FEATURE_NORMS = ("none", "layernorm", "std", "cosine")
 # "auto": bf16 where the worker's hardware computes it natively, else fp32 (workers/precision.py).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+# The frozen teacher only runs forward: "auto" = bf16 where the student trains in bf16 or the
+# worker's hardware computes bf16 natively (its forward then costs about half), else fp32.
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -101,6 +104,8 @@ class DeepSpeedConfig:
     precision: str = "fp32"  # fp32, bf16, fp16 (GPU only) or auto (bf16 where the hardware has it natively)
     offload_optimizer: bool = False
     offload_param: bool = False
+    # The frozen teacher's weights and forward: auto, fp32 or bf16 (see TEACHER_PRECISIONS).
+    teacher_precision: str = "auto"
     # On GPU clusters the frozen teacher may be sharded as a ZeRO-3 inference engine.
     teacher_zero3: bool = False
 
@@ -405,6 +410,12 @@ def validate(config: Config) -> None:
     _require(ds.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", ds.zero_stage, "must be 0, 1, 2 or 3")
     _require(
         ds.precision in PRECISIONS, "deepspeed.precision", ds.precision, f"must be one of {list(PRECISIONS)}"
+    )
+    _require(
+        ds.teacher_precision in TEACHER_PRECISIONS,
+        "deepspeed.teacher_precision",
+        ds.teacher_precision,
+        f"must be one of {list(TEACHER_PRECISIONS)}",
     )
     _require(
         not ds.offload_param or ds.zero_stage == 3,

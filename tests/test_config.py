@@ -240,6 +240,7 @@ RANGE_CASES = [
     (["deepspeed.offload_optimizer=true", "deepspeed.zero_stage=0"], "deepspeed.offload_optimizer", True),
     (["deepspeed.precision=fp16"], "deepspeed.precision", "fp16"),  # fp16 on CPU
     (["deepspeed.teacher_zero3=true"], "deepspeed.teacher_zero3", True),
+    (["deepspeed.teacher_precision=fp16"], "deepspeed.teacher_precision", "fp16"),
     # scaling
     (["scaling.num_workers=0"], "scaling.num_workers", 0),
     (["scaling.cpus_per_worker=0"], "scaling.cpus_per_worker", 0.0),

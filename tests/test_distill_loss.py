@@ -434,3 +434,22 @@ def test_to_metrics_has_every_component_as_python_floats():
     assert breakdown.nonfinite() == []
     breakdown.raw["kd"] = torch.tensor(math.inf)
     assert breakdown.nonfinite() == ["kd"]
+
+
+def test_a_bf16_teacher_gives_fp32_losses_close_to_the_fp32_teachers(student, batch):
+    """deepspeed.teacher_precision auto runs the frozen teacher in bf16 beside an fp32 student on
+    hardware with native bf16: every part is computed in fp32 and moves by well under 1%."""
+    import copy
+
+    fp32_teacher = tiny_llama(T_LAYERS, T_WIDTH, seed=1).eval().requires_grad_(False)
+    bf16_teacher = copy.deepcopy(fp32_teacher).to(torch.bfloat16)
+    loss_module = make_loss()
+    fp32, _, _ = step(loss_module, student, fp32_teacher, batch, PHASE3)
+    bf16, student_out, teacher_out = step(loss_module, student, bf16_teacher, batch, PHASE3)
+    assert teacher_out.logits.dtype == torch.bfloat16 and student_out.logits.dtype == torch.float32
+    assert bf16.total.dtype == torch.float32
+    for name in COMPONENTS:
+        got, want = bf16.raw[name].item(), fp32.raw[name].item()
+        assert math.isclose(got, want, rel_tol=0.02, abs_tol=1e-3), (name, got, want)
+    bf16.total.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())

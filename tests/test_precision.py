@@ -72,3 +72,39 @@ def test_worker_config_and_deepspeed_config_follow_the_resolution(monkeypatch, c
     assert "deepspeed.precision auto -> bf16" in capsys.readouterr().out
     with_resolved_precision(config, rank=1)
     assert capsys.readouterr().out == ""  # only rank 0 prints
+
+
+@pytest.mark.parametrize(
+    "native, student, expected",
+    [(False, "fp32", "fp32"), (True, "fp32", "bf16"), (False, "bf16", "bf16"), (True, "bf16", "bf16")],
+)
+def test_teacher_auto_is_bf16_where_native_or_where_the_student_trains_in_bf16(
+    monkeypatch, native, student, expected
+):
+    set_cpu_bf16(monkeypatch, native, False)
+    assert precision.resolve_teacher_precision("auto", student, use_gpu=False) == expected
+
+
+@pytest.mark.parametrize("requested", ["fp32", "bf16"])
+def test_an_explicit_teacher_precision_is_kept(monkeypatch, requested):
+    set_cpu_bf16(monkeypatch, True, False)
+    assert precision.resolve_teacher_precision(requested, "fp32", use_gpu=False) == requested
+
+
+def test_worker_config_resolves_the_teachers_precision_and_says_so_once(monkeypatch, capsys):
+    config = load_config(None, ["deepspeed.precision=fp32"]).to_dict()
+    assert config["deepspeed"]["teacher_precision"] == "auto"  # the default
+    set_cpu_bf16(monkeypatch, True, False)
+    resolved = with_resolved_precision(config, rank=0)
+    assert resolved["deepspeed"]["teacher_precision"] == "bf16"
+    assert resolved["deepspeed"]["precision"] == "fp32"  # the student is untouched
+    assert capsys.readouterr().out.strip() == (
+        "raydistill: deepspeed.teacher_precision auto -> bf16 (frozen teacher; the student trains in fp32)"
+    )
+    set_cpu_bf16(monkeypatch, False, False)
+    assert with_resolved_precision(config, rank=0)["deepspeed"]["teacher_precision"] == "fp32"
+    assert capsys.readouterr().out == ""  # same as the student's: nothing to say
+    no_teacher = {**config, "teacher": "none"}
+    set_cpu_bf16(monkeypatch, True, False)
+    with_resolved_precision(no_teacher, rank=0)
+    assert capsys.readouterr().out == ""  # no teacher, no teacher line

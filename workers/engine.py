@@ -62,10 +62,9 @@ def place_teacher(teacher: torch.nn.Module, config: dict[str, Any], device: torc
             "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
         },
     }
-    if config["deepspeed"]["precision"] == "bf16":
+    # The engine keeps the dtype the teacher was loaded in (deepspeed.teacher_precision).
+    if config["deepspeed"]["teacher_precision"] == "bf16":
         ds_config["bf16"] = {"enabled": True}
-    elif config["deepspeed"]["precision"] == "fp16":
-        ds_config["fp16"] = {"enabled": True}
     engine, *_ = deepspeed.initialize(model=teacher, config=ds_config, dist_init_required=False)
     engine.eval()
     return engine

@@ -35,7 +35,12 @@ from workers.models import (
     num_layers,
     teacher_dtype,
 )
-from workers.precision import precision_note, resolve_precision
+from workers.precision import (
+    precision_note,
+    resolve_precision,
+    resolve_teacher_precision,
+    teacher_precision_note,
+)
 from workers.step import eval_pass, train_step
 from workers.student_module import StudentWithLoss
 
@@ -48,19 +53,23 @@ def with_resolved_precision(config: dict[str, Any], rank: int) -> dict[str, Any]
     """The run config with `deepspeed.precision: auto` decided on this worker's hardware (and a
     console line from rank 0 when the choice or an emulated bf16 deserves one)."""
     use_gpu = bool(config["scaling"]["use_gpu"])
-    requested = config["deepspeed"]["precision"]
-    resolved = resolve_precision(requested, use_gpu)
-    note = precision_note(requested, resolved, use_gpu)
-    if note is not None and rank == 0:
-        print(f"raydistill: {note}", flush=True)
-    return {**config, "deepspeed": {**config["deepspeed"], "precision": resolved}}
+    ds = config["deepspeed"]
+    resolved = resolve_precision(ds["precision"], use_gpu)
+    teacher = resolve_teacher_precision(ds["teacher_precision"], resolved, use_gpu)
+    notes = [precision_note(ds["precision"], resolved, use_gpu)]
+    if config["teacher"] != NO_TEACHER:
+        notes.append(teacher_precision_note(ds["teacher_precision"], teacher, resolved))
+    for note in notes:
+        if note is not None and rank == 0:
+            print(f"raydistill: {note}", flush=True)
+    return {**config, "deepspeed": {**ds, "precision": resolved, "teacher_precision": teacher}}
 
 
 def build_models(config: dict[str, Any], runtime: dict[str, Any]):
     train, ds = config["train"], config["deepspeed"]
     tokenizer = load_tokenizer(runtime["tokenizer"])
     max_positions = int(runtime["max_positions"])
-    dtype = teacher_dtype(ds["precision"], bool(config["scaling"]["use_gpu"]))
+    dtype = teacher_dtype(ds["teacher_precision"])
     teacher = None
     if config["teacher"] != NO_TEACHER:
         teacher = build_model(config["teacher"], tokenizer, max_positions, train["seed"], dtype)

@@ -144,8 +144,6 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def teacher_dtype(precision: str, use_gpu: bool) -> torch.dtype:
-    """bf16 for the frozen teacher where the hardware supports it, else fp32."""
-    if precision == "bf16" or (use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float32
+def teacher_dtype(teacher_precision: str) -> torch.dtype:
+    """The frozen teacher's dtype for a resolved `deepspeed.teacher_precision` (workers/precision.py)."""
+    return torch.bfloat16 if teacher_precision == "bf16" else torch.float32

@@ -40,6 +40,25 @@ def resolve_precision(requested: str, use_gpu: bool) -> str:
     return "bf16" if native_bf16(use_gpu) else "fp32"
 
 
+def resolve_teacher_precision(requested: str, student_precision: str, use_gpu: bool) -> str:
+    """The frozen teacher's precision. `auto` -> bf16 where the student trains in bf16 or the hardware
+    has native bf16: the teacher only runs forward, so bf16 costs it no optimizer precision, and its
+    forward is a large share of a distillation step (the demo's 6.8M teacher beside a 1.8M student:
+    ~half of the step in fp32 on one CPU thread; bf16 halves the teacher's part, BENCHMARKS.md).
+    Its outputs are cast to fp32 before any loss. `student_precision` is already resolved."""
+    if requested != AUTO:
+        return requested
+    return "bf16" if student_precision == "bf16" or native_bf16(use_gpu) else "fp32"
+
+
+def teacher_precision_note(requested: str, resolved: str, student_precision: str) -> str | None:
+    """One line when the teacher's precision differs from the student's, else None."""
+    if resolved == student_precision:
+        return None
+    how = "auto -> " if requested == AUTO else ""
+    return f"deepspeed.teacher_precision {how}{resolved} (frozen teacher; the student trains in {student_precision})"
+
+
 def precision_note(requested: str, resolved: str, use_gpu: bool) -> str | None:
     """One line for the console when the choice deserves one, else None."""
     device = "GPU" if use_gpu else "CPU"
