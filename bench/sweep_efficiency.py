@@ -116,7 +116,8 @@ def summarise(summary, wall_s: float) -> dict:
     seen = [r["best_eval_ppl"] for r in rows if math.isfinite(r["best_eval_ppl"])]
     shared = prefix_steps(summary.run_dir)
     return {
-        "trial_steps": int(sum(r["steps"] - r["start_step"] for r in rows)) + shared,
+        # A forked trial stopped on a replayed result (its last step before its fork) ran no steps.
+        "trial_steps": int(sum(max(0, r["steps"] - r["start_step"]) for r in rows)) + shared,
         "shared_prefix_steps": shared,
         "recommended_ppl": best["final_eval_ppl"] if best else math.nan,
         "recommended": {k: best[k] for k in summary.param_keys} if best else None,
