@@ -22,6 +22,10 @@ WORKER_ENV = {
     # transformers' "Loading weights" / "Writing model shards" bars would break up the progress line.
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "PYTHONWARNINGS": "ignore::FutureWarning",
+    # Ray Train 2.60 sends a worker's print() both to Ray's log stream and, through its own root-logger
+    # handler, to the console again (ray/train/v2/_internal/logging/patch_print.py): every worker line
+    # reached the console twice. Off, each print reaches the driver once through Ray's log stream.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 # Set only for CPU runs: on a GPU machine DeepSpeed must detect CUDA itself.
 CPU_ONLY_ENV = {"DS_ACCELERATOR": "cpu"}

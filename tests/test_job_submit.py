@@ -328,6 +328,8 @@ def test_ray_job_submit_runs_a_tiny_distillation(ray_head, tiny_data_dir, tmp_pa
         "train.checkpoint_every=6",
         "--set",
         "train.warmup_steps=1",
+        "--set",
+        "deepspeed.precision=auto",  # the worker prints its resolution: bf16 or fp32 by this CPU
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
@@ -339,6 +341,8 @@ def test_ray_job_submit_runs_a_tiny_distillation(ray_head, tiny_data_dir, tmp_pa
     assert re.search(r"\[phase [12]\] step 2/6 \(33%\) \| loss ", logs.stdout), logs.stdout
     assert re.search(r"\[phase 3\] step 6/6 \(100%\) \| loss ", logs.stdout), logs.stdout
     assert f"student saved to {run_dir / 'student'}" in logs.stdout, logs.stdout
+    # A worker's print reaches the log once (Ray Train's print patch doubled every worker line).
+    assert logs.stdout.count("raydistill: deepspeed.precision auto -> ") == 1, logs.stdout
     assert (run_dir / "student" / "model.safetensors").is_file()
 
     # The CLI, with the token from the client's environment, agrees with the HTTP API.
