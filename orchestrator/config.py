@@ -25,6 +25,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 # The frozen teacher only runs forward: "auto" = bf16 where the student trains in bf16 or the
 # worker's hardware computes bf16 natively (its forward then costs about half), else fp32.
 TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
+# Attention kernel of both models: "auto" = sdpa, switched to eager only while the attention loss
+# needs attention maps; "eager" = always eager (faster at short sequences on CPU, BENCHMARKS.md).
+ATTN_IMPLEMENTATIONS = ("auto", "eager")
 
 
 @dataclass
@@ -96,6 +99,8 @@ class TrainConfig:
     max_nonfinite_in_a_row: int = 10
     # >0 prints the full loss ledger every N steps.
     debug_every: int = 0
+    # auto or eager (see ATTN_IMPLEMENTATIONS).
+    attn_implementation: str = "auto"
 
 
 @dataclass
@@ -393,6 +398,12 @@ def validate(config: Config) -> None:
         "must be >= 1",
     )
     _require(t.debug_every >= 0, "train.debug_every", t.debug_every, "must be >= 0 (0 disables)")
+    _require(
+        t.attn_implementation in ATTN_IMPLEMENTATIONS,
+        "train.attn_implementation",
+        t.attn_implementation,
+        f"must be one of {list(ATTN_IMPLEMENTATIONS)}",
+    )
 
     _require(
         d.vocab_size >= 256 + 3, "data.vocab_size", d.vocab_size, "must be >= 259 (bytes + special tokens)"

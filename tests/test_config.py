@@ -241,6 +241,7 @@ RANGE_CASES = [
     (["deepspeed.precision=fp16"], "deepspeed.precision", "fp16"),  # fp16 on CPU
     (["deepspeed.teacher_zero3=true"], "deepspeed.teacher_zero3", True),
     (["deepspeed.teacher_precision=fp16"], "deepspeed.teacher_precision", "fp16"),
+    (["train.attn_implementation=flash"], "train.attn_implementation", "flash"),
     # scaling
     (["scaling.num_workers=0"], "scaling.num_workers", 0),
     (["scaling.cpus_per_worker=0"], "scaling.cpus_per_worker", 0.0),

@@ -151,7 +151,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     }
     faults = FaultInjector(runtime.get("faults"), rank)
     faults.attach(teacher)
-    engine = build_engine(StudentWithLoss(student, loss), config, world)
+    engine = build_engine(StudentWithLoss(student, loss, train["attn_implementation"]), config, world)
     if teacher is not None:
         teacher = place_teacher(teacher, config, device)
 

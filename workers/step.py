@@ -31,13 +31,18 @@ class StepResult:
     nonfinite: list[str] = field(default_factory=list)
 
 
-def _teacher_outputs(teacher: torch.nn.Module | None, batch: Batch, loss, progress: float):
-    weights = loss.weights(progress)
+def _teacher_outputs(teacher: torch.nn.Module | None, batch: Batch, module, progress: float):
+    """`module`: the engine's StudentWithLoss (its loss decides what the teacher must return)."""
+    weights = module.loss.weights(progress)
     if teacher is None or weights["kd"] == 0 and weights["feature"] == 0 and weights["attention"] == 0:
         return None  # CE alone needs no teacher forward
     with torch.no_grad():
         return model_outputs(
-            teacher, batch["input_ids"], batch["attention_mask"], loss.required_outputs(progress)
+            teacher,
+            batch["input_ids"],
+            batch["attention_mask"],
+            module.loss.required_outputs(progress),
+            module.base_attention,
         )
 
 
@@ -73,12 +78,11 @@ def _step_without_moving(engine) -> None:
 def train_step(
     engine, teacher: torch.nn.Module, micro_batches: Sequence[Batch], progress: float
 ) -> StepResult:
-    loss_module = engine.module.loss
     local_tokens = [int(b["attention_mask"].sum()) for b in micro_batches]
     window_tokens = all_reduce_sum([float(sum(local_tokens))])[0]
     per_batch, bad_components = [], []
     for batch, n_tokens in zip(micro_batches, local_tokens):
-        teacher_out = _teacher_outputs(teacher, batch, loss_module, progress)
+        teacher_out = _teacher_outputs(teacher, batch, engine.module, progress)
         breakdown, _ = engine(
             batch["input_ids"], batch["attention_mask"], batch["labels"], teacher_out, progress
         )
@@ -120,7 +124,7 @@ def eval_pass(
     per_batch = []
     try:
         for batch in batches:
-            teacher_out = _teacher_outputs(teacher, batch, engine.module.loss, progress)
+            teacher_out = _teacher_outputs(teacher, batch, engine.module, progress)
             breakdown, plain_ce = engine(
                 batch["input_ids"], batch["attention_mask"], batch["labels"], teacher_out, progress, True
             )

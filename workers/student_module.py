@@ -12,15 +12,24 @@ from workers.distill_loss import DistillationLoss, LossBreakdown, OutputRequest
 from workers.losses import ce_loss
 
 
-def ensure_attention_implementation(model: torch.nn.Module, needs_attention_maps: bool) -> None:
-    """`sdpa` silently returns no attention maps: use `eager` only while the attention loss is on."""
-    wanted = "eager" if needs_attention_maps else "sdpa"
+def base_attention(setting: str) -> str:
+    """The kernel a model runs when no attention maps are needed, from `train.attn_implementation`:
+    "auto" -> sdpa (memory-efficient at any length); "eager" -> eager (at short sequences on CPU it
+    is as fast in fp32 and faster in bf16, where sdpa's backward kernel is slow: BENCHMARKS.md)."""
+    return "eager" if setting == "eager" else "sdpa"
+
+
+def ensure_attention_implementation(model: torch.nn.Module, needs_attention_maps: bool, base: str) -> None:
+    """`sdpa` silently returns no attention maps: `eager` while the attention loss is on, else `base`."""
+    wanted = "eager" if needs_attention_maps else base
     if getattr(model.config, "_attn_implementation", None) != wanted:
         model.set_attn_implementation(wanted)
 
 
-def model_outputs(model: torch.nn.Module, input_ids, attention_mask, request: OutputRequest):
-    ensure_attention_implementation(model, request.attentions)
+def model_outputs(
+    model: torch.nn.Module, input_ids, attention_mask, request: OutputRequest, base: str = "sdpa"
+):
+    ensure_attention_implementation(model, request.attentions, base)
     return model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -31,10 +40,12 @@ def model_outputs(model: torch.nn.Module, input_ids, attention_mask, request: Ou
 
 
 class StudentWithLoss(torch.nn.Module):
-    def __init__(self, student: torch.nn.Module, loss: DistillationLoss):
+    def __init__(self, student: torch.nn.Module, loss: DistillationLoss, attn_implementation: str = "auto"):
         super().__init__()
         self.student = student
         self.loss = loss
+        # Both models' kernel while no attention maps are needed (the teacher's too: workers.step).
+        self.base_attention = base_attention(attn_implementation)
 
     def forward(
         self,
@@ -57,7 +68,7 @@ class StudentWithLoss(torch.nn.Module):
             logits = self.student(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             return logits.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
         request = self.loss.required_outputs(progress)
-        student_out = model_outputs(self.student, input_ids, attention_mask, request)
+        student_out = model_outputs(self.student, input_ids, attention_mask, request, self.base_attention)
         # `.forward`, not `__call__`: the breakdown is a dataclass, which ZeRO-3's module hooks cannot
         # walk to register backward hooks; the projectors inside are still called as modules (hooked).
         breakdown = self.loss.forward(student_out, teacher_out, labels, attention_mask, progress)

@@ -1,0 +1,219 @@
+"""sdpa or eager attention for the demo teacher's pre-training step, interleaved A/B.
+
+    .venv/bin/python bench/attention_kernel.py            # demo teacher scale: ~4 min idle
+    .venv/bin/python bench/attention_kernel.py --quick    # smoke run, writes to the temp dir
+
+`train.attn_implementation: auto` runs sdpa unless the attention loss needs attention maps; `eager`
+runs eager throughout. This measures the step `configs/teacher.yaml` trains (CE only, no teacher):
+the real worker path (`build_engine` + `workers.step.train_step`, DeepSpeed ZeRO-0, one process, gloo
+group of world size 1) with `preset:small-llama` (6.8M), 16 sequences x 128 tokens, 2 threads, in
+fp32 and, where this CPU computes bf16 natively (or with --bf16), in bf16 as `precision: auto` then
+trains it. The two kernels alternate per block on the same engine; reported per precision: median
+step time on wall and process CPU time and the eager/sdpa ratio with a bootstrap 95% interval of
+per-round ratios. Written to bench/results/attention_kernel.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from bench.step_throughput import (  # noqa: E402
+    SPECIAL_IDS,
+    init_single_process_group,
+    median,
+    paired_summary,
+    random_batches,
+)
+
+RESULTS = REPO / "bench" / "results" / "attention_kernel.json"
+ARMS = ("auto", "eager")  # train.attn_implementation
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per (round, precision, arm) block")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--bf16", action="store_true", help="measure bf16 even without native bf16 (slow)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    args.preset, args.vocab, args.seq_len = "small-llama", 4096, 128
+    if args.quick:
+        args.preset, args.vocab, args.seq_len, args.micro_batch = "tiny-llama", 512, 64, 4
+        args.rounds, args.steps, args.warmup = 2, 1, 1
+        args.out = args.out or str(Path(tempfile.gettempdir()) / "attention_kernel.json")
+    args.out = Path(args.out or RESULTS)
+    return args
+
+
+def teacher_pretraining_config(args: argparse.Namespace, precision: str, total_steps: int) -> dict[str, Any]:
+    """configs/teacher.yaml as a worker receives it (the parts the engine and the step read)."""
+    return {
+        "teacher": "none",
+        "student": f"preset:{args.preset}",
+        "curriculum": {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
+        "loss": {
+            "alpha_ce": 1.0,
+            "alpha_kd": 0.0,
+            "alpha_feature": 0.0,
+            "alpha_attention": 0.0,
+            "kd_temperature": 2.0,
+            "kd_kind": "forward_kl",
+            "jsd_beta": 0.5,
+            "feature_norm": "layernorm",
+            "layer_map": "auto",
+        },
+        "train": {
+            "seed": 0,
+            "max_steps": total_steps,
+            "micro_batch_size": args.micro_batch,
+            "grad_accum": 1,
+            "lr": 2e-3,
+            "min_lr_ratio": 0.1,
+            "warmup_steps": 3,
+            "weight_decay": 0.01,
+            "grad_clip": 1.0,
+        },
+        "deepspeed": {
+            "zero_stage": 0,
+            "precision": precision,
+            "offload_optimizer": False,
+            "offload_param": False,
+            "teacher_zero3": False,
+        },
+        "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": float(args.threads)},
+    }
+
+
+def build_engine_for(args: argparse.Namespace, precision: str, total_steps: int):
+    """The model being pre-trained, wrapped as `workers.loop` wraps it, in a DeepSpeed engine."""
+    from transformers import AutoModelForCausalLM
+
+    from workers.distill_loss import DistillationLoss
+    from workers.engine import build_engine
+    from workers.models import hidden_size, num_layers
+    from workers.presets import build_preset_config
+    from workers.student_module import StudentWithLoss
+
+    cfg = teacher_pretraining_config(args, precision, total_steps)
+    config = build_preset_config(args.preset, args.vocab, max(256, args.seq_len), SPECIAL_IDS)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    size, layers = hidden_size(model), num_layers(model)
+    loss = DistillationLoss.from_config(
+        cfg["loss"],
+        cfg["curriculum"],
+        student_hidden_size=size,
+        teacher_hidden_size=size,
+        student_num_layers=layers,
+        teacher_num_layers=layers,
+    )
+    return build_engine(StudentWithLoss(model, loss), cfg, 1)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    init_single_process_group()
+
+    from workers.precision import cpu_has_native_bf16
+    from workers.step import train_step
+    from workers.student_module import base_attention
+
+    native = cpu_has_native_bf16()
+    precisions = ["fp32"] + (["bf16"] if native or args.bf16 else [])
+    per_engine = len(ARMS) * (args.warmup + args.rounds * args.steps)
+    engines = {p: build_engine_for(args, p, per_engine) for p in precisions}
+    windows = [[b] for b in random_batches(args.steps, args.micro_batch, args.seq_len, args.vocab, 0)]
+
+    def step(precision: str, arm: str, window) -> tuple[float, float]:
+        engine = engines[precision]
+        engine.module.base_attention = base_attention(arm)
+        start, cpu = time.perf_counter(), time.process_time()
+        result = train_step(engine, None, window, 0.5)
+        assert not result.skipped, result.nonfinite
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    for precision in precisions:
+        for arm in ARMS:
+            for _ in range(args.warmup):
+                step(precision, arm, windows[0])
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    rounds = []
+    for r in range(args.rounds):
+        block = {}
+        for precision in precisions:
+            for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
+                measured = [step(precision, arm, w) for w in windows]
+                for i, clock in enumerate(("wall", "cpu")):
+                    values = [m[i] for m in measured]
+                    samples.setdefault((clock, precision, arm), []).extend(values)
+                    block[(clock, precision, arm)] = median(values)
+        rounds.append(block)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{p} {a} {block[('cpu', p, a)] * 1e3:.0f} ms cpu" for p in precisions for a in ARMS),
+            flush=True,
+        )
+
+    med = {k: median(v) for k, v in samples.items()}
+    results: dict[str, Any] = {"precisions": {}}
+    for precision in precisions:
+        entry: dict[str, Any] = {}
+        for clock in ("wall", "cpu"):
+            for arm in ARMS:
+                entry[f"{arm}_step_{clock}_s"] = med[(clock, precision, arm)]
+            entry[f"eager_over_auto_{clock}"] = paired_summary(
+                [b[(clock, precision, "eager")] / b[(clock, precision, "auto")] for b in rounds]
+            )
+        results["precisions"][precision] = entry
+    results.update(
+        {
+            "cpu_has_native_bf16": native,
+            "config": {
+                "model": args.preset,
+                "micro_batch": args.micro_batch,
+                "seq_len": args.seq_len,
+                "threads": args.threads,
+                "rounds": args.rounds,
+                "steps_per_block": args.steps,
+            },
+            "machine": {"platform": platform.platform(), "processor": platform.processor()},
+            "torch": torch.__version__,
+        }
+    )
+    print()
+    print(f"native bf16 on this CPU: {native}; auto = sdpa here (no attention loss in pre-training)")
+    print(f"{'precision':<11}{'auto step ms':>14}{'eager step ms':>15}{'eager/auto (CPU time, 95% CI)':>33}")
+    for precision in precisions:
+        e = results["precisions"][precision]
+        ratio = e["eager_over_auto_cpu"]
+        print(
+            f"{precision:<11}{e['auto_step_cpu_s'] * 1e3:>14.0f}{e['eager_step_cpu_s'] * 1e3:>15.0f}"
+            f"{ratio['median']:>15.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
