@@ -8,13 +8,15 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install_torch.sh
+$(STAMP): pyproject.toml scripts/install_torch.sh scripts/prebuild_deepspeed_ops.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU-only machines get the pinned CPU wheel before anything can pull a CUDA build;
 	# a machine with CUDA keeps whatever torch the user already has.
 	bash scripts/install_torch.sh $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# DeepSpeed JIT-compiles its CPU comm op on first use (~45 s): build it now, not in the first run.
+	$(BIN)/python scripts/prebuild_deepspeed_ops.py
 	rm -f $(VENV)/.installed-*
 	touch $@
 
