@@ -19,6 +19,8 @@ and the lowest eval ppl seen anywhere). Target: early <= 40% of the steps for a 
 
     .venv/bin/python bench/sweep_efficiency.py --scheduler hyperband --reuse-full \\
         --out bench/results/sweep_efficiency_hyperband.json    # another early arm against the same full one
+    .venv/bin/python bench/sweep_efficiency.py --num-samples 24 \\
+        --full-from bench/results/sweep_efficiency.json        # new early arm, the recorded full arm
 
 Writes bench/results/sweep_efficiency.json; the sweeps live under --run-dir (early/ or
 early-<scheduler>/, full/).
@@ -93,6 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="take the full arm from an earlier run in --run-dir (same config and points; trials are "
         "deterministic) instead of running it again",
+    )
+    parser.add_argument(
+        "--full-from",
+        default=None,
+        metavar="JSON",
+        help="take the full arm and the references from an earlier results JSON of this bench (same "
+        "config, seed and points; trials are deterministic, which the early arm's completed trials "
+        "check) instead of running them again",
     )
     parser.add_argument(
         "--reuse-early",
@@ -171,6 +181,63 @@ def reused_arm(name: str, run_dir: Path, base, points: list[dict]) -> dict:
     return {**summarise(summary, math.nan), "reused_from": str(run_dir)}
 
 
+def recorded_full_arm(path: Path, report_keys: dict, points: list[dict]) -> dict:
+    """The full arm (and references) of an earlier results JSON, if it ran the same sweep with the
+    same first points (more points may be asked for now: see `extended_full_arm`)."""
+    recorded = json.loads(path.read_text())
+    for key, value in report_keys.items():
+        if recorded.get(key) != value:
+            raise SystemExit(f"--full-from {path}: {key} differs ({recorded.get(key)!r} != {value!r})")
+    known = recorded["points"]
+    if known != json.loads(json.dumps(points))[: len(known)]:
+        raise SystemExit(f"--full-from {path}: its points are not the first {len(known)} of these")
+    print(f"== full: {len(known)} trials recorded in {path}", flush=True)
+    return recorded
+
+
+def extended_full_arm(recorded: dict, more: dict | None) -> dict:
+    """The recorded full arm plus the full-length trials of the points it did not have (full-arm
+    trials are independent of each other: FIFO, no stopper, every trial from step 0)."""
+    from orchestrator.sweep_results import pick_best
+
+    full = recorded["full"]
+    if more is None:
+        return full
+    rows = full["trials"] + more["trials"]
+    best = pick_best(rows)
+    params = list(full["recommended"] or more["recommended"] or {})
+    reasons = {
+        k: full["stop_reasons"].get(k, 0) + more["stop_reasons"].get(k, 0)
+        for k in {*full["stop_reasons"], *more["stop_reasons"]}
+    }
+    return {
+        "trial_steps": full["trial_steps"] + more["trial_steps"],
+        "shared_prefix_steps": 0,
+        "recommended_ppl": best["final_eval_ppl"] if best else math.nan,
+        "recommended": {k: best[k] for k in params} if best else None,
+        "lowest_ppl_seen": min(full["lowest_ppl_seen"], more["lowest_ppl_seen"]),
+        "stop_reasons": reasons,
+        "wall_s": math.nan,
+        "trials": rows,
+    }
+
+
+def without_teacher(overrides: list[str]) -> list[str]:
+    """Overrides minus the pre-trained teacher's path, which names the run dir it was trained in."""
+    return [o for o in overrides if not o.startswith("teacher=")]
+
+
+def completed_ppl_differences(points: list[dict], early: dict, full: dict) -> list[float]:
+    """Relative final-ppl differences between the arms for trials both ran to the end: 0 when the
+    runs are deterministic, as they are here (a check on a reused full arm)."""
+    full_rows = {_point_index(r, points): r for r in full["trials"]}
+    return [
+        abs(r["final_eval_ppl"] / full_rows[_point_index(r, points)]["final_eval_ppl"] - 1.0)
+        for r in early["trials"]
+        if r["stop_reason"] == "completed"
+    ]
+
+
 def trials_at_once(base) -> int:
     """How many trials `raydistill sweep` runs at once for this config on this machine's Ray."""
     import ray
@@ -239,6 +306,20 @@ def main(argv: list[str] | None = None) -> int:
         base = load_config(args.config, overrides)
     space = get_space(args.space)
     points = sample_points(space, args.num_samples, args.seed, get_anchors(args.space))
+    recorded = None
+    if args.full_from:
+        same = {
+            "space": args.space,
+            "seed": args.seed,
+            "max_steps": base.train.max_steps,
+            "eval_every": base.train.eval_every,
+            "teacher_pretrain_steps": args.teacher_steps if pretrained else 0,
+        }
+        recorded = recorded_full_arm(Path(args.full_from), same, points)
+        if Path(recorded["config"]).name != Path(args.config).name:
+            raise SystemExit(f"--full-from {args.full_from}: ran {recorded['config']}, not {args.config}")
+        if without_teacher(recorded["overrides"]) != without_teacher(overrides):
+            raise SystemExit(f"--full-from {args.full_from}: other config overrides")
     results = {}
     for name, settings in (
         (
@@ -261,6 +342,17 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = run_root / (
             name if name == "full" or args.scheduler == "asha" else f"{name}-{args.scheduler}"
         )
+        if name == "full" and recorded is not None:
+            missing = points[len(recorded["points"]) :]
+            more = None
+            if missing:
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                settings.num_samples, settings.seed = len(missing), args.seed
+                print(f"== full: the {len(missing)} trials not recorded, to the end", flush=True)
+                more = summarise(run_sweep(base, settings, run_dir, space=space, points=missing), math.nan)
+            results[name] = {**extended_full_arm(recorded, more), "reused_from": args.full_from}
+            continue
         if (name == "full" and args.reuse_full) or (name == "early" and args.reuse_early):
             results[name] = reused_arm(name, run_dir, base, points)
             continue
@@ -275,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Curriculum references at full length: no curriculum is the space's anchor (in the full sweep);
     # the seed's 0.3/0.6 gets its own run unless it was drawn.
-    references = {}
+    references = dict(recorded["references"]) if recorded is not None else {}
     for label, point in REFERENCES.items():
-        if not set(point) <= set(space):
+        if label in references or not set(point) <= set(space):
             continue
         rows = results["full"]["trials"]
         row = next((r for r in rows if all(r.get(k) == v for k, v in point.items())), None)
@@ -299,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [trial_config(base.to_dict(), p, False) for p in points]
     full_shared_steps = full["trial_steps"] - steps_saved(configs)
     gap = early["recommended_ppl"] / full["recommended_ppl"] - 1.0
+    reproduced = completed_ppl_differences(points, early, full)
     counts = sorted({*range(8, args.num_samples, 4), args.num_samples})
     # The first-n figures are exact only when trials ran one at a time (see by_trial_count).
     one_at_a_time = trials_at_once(base) == 1
@@ -320,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         "full_with_shared_prefix_steps": full_shared_steps,
         "shared_prefix_only_fraction": round(full_shared_steps / full["trial_steps"], 4),
         "recommended_ppl_gap": round(gap, 4),
+        # Trials both arms ran to the end: their final ppl agree when the runs are deterministic.
+        "completed_in_both_max_rel_diff": max(reproduced, default=math.nan),
         "meets_target": bool(compute <= TARGET_COMPUTE and gap <= TARGET_PPL_GAP),
         "target": {"compute_fraction_max": TARGET_COMPUTE, "ppl_gap_max": TARGET_PPL_GAP},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -358,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c['trials']:>7}{c['early_trial_steps']:>13}{c['full_trial_steps']:>12}"
                 f"{c['compute_fraction']:>9.1%}{c['recommended_ppl_gap']:>+9.1%}"
             )
+    print(
+        f"trials both arms ran to the end: {len(reproduced)}, final ppl differ by at most "
+        f"{max(reproduced, default=math.nan):.2e} (relative)"
+    )
     for label, ref in references.items():
         print(f"reference {label}: final eval ppl {ref['final_eval_ppl']:.4g}")
     if early["recommended"]:

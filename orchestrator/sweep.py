@@ -279,10 +279,10 @@ class TuneRelay(UserCallback):
     then waits until Tune has decided on it.
 
     The driver acknowledges a record once `ray.tune.report` returns, i.e. once the scheduler and the
-    stoppers let the trial go on. Until then the controller holds here, so the workers block at
-    their next report: a trial that Tune stops or pauses at an eval runs at most `train.log_every`
-    steps past it (without the wait, Train ran a report or two ahead: stopped ASHA trials overran
-    their rung by up to two evals).
+    stoppers let the trial go on, and writes the step to the trial's decision file, which the
+    workers wait for after each eval (workers.tune_decision): a trial that Tune stops or pauses at
+    an eval trains no step past it. (Without any wait, Train ran a report or two ahead and stopped
+    ASHA trials overran their rung by up to two evals; with this hold alone, by `train.log_every`.)
     Once the trial is stopping (its stop file exists) nothing is waited on, so the controller never
     blocks while its workers wind down.
     """
@@ -372,6 +372,7 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     from orchestrator.telemetry import MetricsCallback
     from orchestrator.trainer import build_trainer
     from workers.checkpointing import read_state
+    from workers.tune_decision import write_decision
 
     trial_id = ray.tune.get_context().get_trial_id()
     trial_dir = Path(setup.sweep_dir) / TRIALS_DIR / trial_id
@@ -397,12 +398,15 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
 
     run_dir = trial_dir / run_name
     stop_file = trial_dir / f"{run_name}.stop"
-    stop_file.unlink(missing_ok=True)  # left by an interrupted sweep that is now resumed
+    decision_file = trial_dir / f"{run_name}.decided"
+    for stale in (stop_file, decision_file):
+        stale.unlink(missing_ok=True)  # left by an interrupted sweep that is now resumed
     runtime = {
         **setup.prepared.loop_config["runtime"],
         "run_dir": str(run_dir),
         "student_dir": str(trial_dir / STUDENT_DIR),
         "stop_file": str(stop_file),
+        "decision_file": str(decision_file),
     }
     if start_checkpoint is not None:
         runtime["start_checkpoint"] = start_checkpoint
@@ -438,6 +442,7 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
                 _tune_metrics(item["record"], params, run_name, start_step),
                 checkpoint=ray.tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,
             )
+            write_decision(decision_file, int(item["record"]["step"]))  # the workers go on
             acks.put(True)
     except BaseException:
         # Tune stopped or paused this trial (SystemExit from `ray.tune.report`): tell the workers.

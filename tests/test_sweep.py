@@ -136,6 +136,13 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
     assert overfit["stop_reason"] == "eval_train_ratio", overfit
     assert float(overfit["eval_train_ratio"]) > 2.0
     assert int(overfit["steps"]) < MAX_STEPS  # stopped early, and its workers left promptly
+    for row in rows:
+        if row["stop_reason"] != "completed":
+            # The workers waited at the eval Tune stopped the trial on: not one step past it.
+            results = [
+                json.loads(line) for line in (run_dir / "tune" / row["trial_id"] / "result.json").open()
+            ]
+            assert int(row["steps"]) == results[-1]["step"], (row, results[-1]["step"])
     assert int(overfit["start_step"]) == 0  # no phase 1 to share
     assert any(r["stop_reason"] == "completed" for r in rows)
 

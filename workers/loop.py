@@ -43,6 +43,7 @@ from workers.precision import (
 )
 from workers.step import eval_pass, train_step
 from workers.student_module import StudentWithLoss
+from workers.tune_decision import wait_for_decision
 
 
 class TooManyNonFiniteSteps(RuntimeError):
@@ -184,6 +185,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window_tokens, window_start = 0, time.perf_counter()
     step = position.step
     stop_file = runtime.get("stop_file")
+    decision_file = runtime.get("decision_file")  # a sweep trial's: see workers.tune_decision
     # A sweep's shared phase-1 prefix (orchestrator.shared_prefix) trains on the full run's schedule
     # but stops early, with a checkpoint at every step a trial forks from.
     stop_at = int(runtime.get("stop_at_step") or max_steps)
@@ -251,6 +253,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(record)
+        if do_eval and decision_file:
+            # Tune may stop the trial on this eval: train no step past it until Tune has decided.
+            wait_for_decision(decision_file, stop_file, step)
         window_tokens, window_start = 0, time.perf_counter()
 
     if stop_at < max_steps:
