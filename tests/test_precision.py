@@ -108,3 +108,19 @@ def test_worker_config_resolves_the_teachers_precision_and_says_so_once(monkeypa
     set_cpu_bf16(monkeypatch, True, False)
     with_resolved_precision(no_teacher, rank=0)
     assert capsys.readouterr().out == ""  # no teacher, no teacher line
+
+
+def test_an_explicit_bf16_teacher_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch, capsys):
+    config = load_config(None, ["deepspeed.precision=fp32", "deepspeed.teacher_precision=bf16"]).to_dict()
+    set_cpu_bf16(monkeypatch, False, False)
+    resolved = with_resolved_precision(config, rank=0)
+    assert resolved["deepspeed"]["teacher_precision"] == "bf16"  # what was asked for, warned about
+    assert capsys.readouterr().out.strip() == (
+        "raydistill: deepspeed.teacher_precision bf16 on a CPU without native bf16: matmuls are emulated "
+        "and can run ~30x slower than fp32; use fp32 or auto"
+    )
+    set_cpu_bf16(monkeypatch, True, False)
+    with_resolved_precision(config, rank=0)
+    assert capsys.readouterr().out.strip() == (
+        "raydistill: deepspeed.teacher_precision bf16 (frozen teacher; the student trains in fp32)"
+    )

@@ -59,7 +59,7 @@ def with_resolved_precision(config: dict[str, Any], rank: int) -> dict[str, Any]
     teacher = resolve_teacher_precision(ds["teacher_precision"], resolved, use_gpu)
     notes = [precision_note(ds["precision"], resolved, use_gpu)]
     if config["teacher"] != NO_TEACHER:
-        notes.append(teacher_precision_note(ds["teacher_precision"], teacher, resolved))
+        notes.append(teacher_precision_note(ds["teacher_precision"], teacher, resolved, use_gpu))
     for note in notes:
         if note is not None and rank == 0:
             print(f"raydistill: {note}", flush=True)

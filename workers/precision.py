@@ -51,8 +51,25 @@ def resolve_teacher_precision(requested: str, student_precision: str, use_gpu: b
     return "bf16" if student_precision == "bf16" or native_bf16(use_gpu) else "fp32"
 
 
-def teacher_precision_note(requested: str, resolved: str, student_precision: str) -> str | None:
-    """One line when the teacher's precision differs from the student's, else None."""
+def _emulated_bf16_warning(key: str, requested: str, use_gpu: bool) -> str | None:
+    """The warning for an explicit bf16 where this worker's hardware only emulates it."""
+    if requested != "bf16" or native_bf16(use_gpu):
+        return None
+    device = "GPU" if use_gpu else "CPU"
+    return (
+        f"deepspeed.{key} bf16 on a {device} without native bf16: matmuls are emulated and can "
+        "run ~30x slower than fp32; use fp32 or auto"
+    )
+
+
+def teacher_precision_note(
+    requested: str, resolved: str, student_precision: str, use_gpu: bool
+) -> str | None:
+    """One line when an explicit bf16 teacher is emulated here, or when the teacher's precision
+    differs from the student's; else None."""
+    warning = _emulated_bf16_warning("teacher_precision", requested, use_gpu)
+    if warning is not None:
+        return warning
     if resolved == student_precision:
         return None
     how = "auto -> " if requested == AUTO else ""
@@ -61,13 +78,8 @@ def teacher_precision_note(requested: str, resolved: str, student_precision: str
 
 def precision_note(requested: str, resolved: str, use_gpu: bool) -> str | None:
     """One line for the console when the choice deserves one, else None."""
-    device = "GPU" if use_gpu else "CPU"
     if requested == AUTO:
+        device = "GPU" if use_gpu else "CPU"
         why = "native bf16" if resolved == "bf16" else "no native bf16"
         return f"deepspeed.precision auto -> {resolved} ({device} with {why})"
-    if requested == "bf16" and not native_bf16(use_gpu):
-        return (
-            f"deepspeed.precision bf16 on a {device} without native bf16: matmuls are emulated and can "
-            "run ~30x slower than fp32; use fp32 or auto"
-        )
-    return None
+    return _emulated_bf16_warning("precision", requested, use_gpu)
