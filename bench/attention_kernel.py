@@ -20,7 +20,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.step_throughput import (  # noqa: E402
-    SPECIAL_IDS,
-    init_single_process_group,
-    median,
-    paired_summary,
-    random_batches,
-)
+from bench.ab_timing import arm_summary, assert_stepped, interleaved_rounds, timed  # noqa: E402
+from bench.step_throughput import SPECIAL_IDS, init_single_process_group, random_batches  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "attention_kernel.json"
 ARMS = ("auto", "eager")  # train.attn_implementation
@@ -146,44 +140,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def step(precision: str, arm: str, window) -> tuple[float, float]:
         engine = engines[precision]
         engine.module.base_attention = base_attention(arm)
-        start, cpu = time.perf_counter(), time.process_time()
-        result = train_step(engine, None, window, 0.5)
-        assert not result.skipped, result.nonfinite
-        return time.perf_counter() - start, time.process_time() - cpu
+        return timed(lambda: assert_stepped(train_step(engine, None, window, 0.5)))
 
-    for precision in precisions:
-        for arm in ARMS:
-            for _ in range(args.warmup):
-                step(precision, arm, windows[0])
-    samples: dict[tuple[str, str, str], list[float]] = {}
-    rounds = []
-    for r in range(args.rounds):
-        block = {}
-        for precision in precisions:
-            for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
-                measured = [step(precision, arm, w) for w in windows]
-                for i, clock in enumerate(("wall", "cpu")):
-                    values = [m[i] for m in measured]
-                    samples.setdefault((clock, precision, arm), []).extend(values)
-                    block[(clock, precision, arm)] = median(values)
-        rounds.append(block)
-        print(
-            f"round {r + 1}/{args.rounds}: "
-            + ", ".join(f"{p} {a} {block[('cpu', p, a)] * 1e3:.0f} ms cpu" for p in precisions for a in ARMS),
-            flush=True,
-        )
-
-    med = {k: median(v) for k, v in samples.items()}
-    results: dict[str, Any] = {"precisions": {}}
-    for precision in precisions:
-        entry: dict[str, Any] = {}
-        for clock in ("wall", "cpu"):
-            for arm in ARMS:
-                entry[f"{arm}_step_{clock}_s"] = med[(clock, precision, arm)]
-            entry[f"eager_over_auto_{clock}"] = paired_summary(
-                [b[(clock, precision, "eager")] / b[(clock, precision, "auto")] for b in rounds]
-            )
-        results["precisions"][precision] = entry
+    samples, blocks = interleaved_rounds(precisions, ARMS, step, windows, args.rounds, args.warmup)
+    results: dict[str, Any] = {
+        "precisions": {p: arm_summary(samples, blocks, p, "eager", "auto") for p in precisions}
+    }
     results.update(
         {
             "cpu_has_native_bf16": native,

@@ -22,7 +22,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,19 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.ab_timing import arm_summary, assert_stepped, interleaved_rounds, timed  # noqa: E402
 from bench.step_throughput import (  # noqa: E402
     PHASE_PROGRESS,
     build_models,
     init_single_process_group,
     median,
-    paired_summary,
     random_batches,
     run_config,
 )
 
 RESULTS = REPO / "bench" / "results" / "teacher_precision.json"
 ARMS = ("fp32", "bf16")
+PHASES = (1, 3)  # logits only; hidden states and eager attention maps too
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,54 +84,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     engine = build_engine(StudentWithLoss(student, loss), cfg, 1)
     windows = [[b] for b in random_batches(args.steps, args.micro_batch, args.seq_len, args.vocab, 0)]
 
-    def step(arm: str, phase: int, window) -> tuple[float, float]:
-        start, cpu = time.perf_counter(), time.process_time()
-        result = train_step(engine, teachers[arm], window, PHASE_PROGRESS[phase])
-        assert not result.skipped, result.nonfinite
-        return time.perf_counter() - start, time.process_time() - cpu
+    def step(phase: int, arm: str, window) -> tuple[float, float]:
+        return timed(lambda: assert_stepped(train_step(engine, teachers[arm], window, PHASE_PROGRESS[phase])))
 
-    def teacher_forward(arm: str, phase: int) -> float:
+    def teacher_forward(phase: int, arm: str) -> None:
         request = loss.required_outputs(PHASE_PROGRESS[phase])
         batch = windows[0][0]
-        start = time.process_time()
         with torch.no_grad():
-            model_outputs(teachers[arm], batch["input_ids"], batch["attention_mask"], request)
-        return time.process_time() - start
-
-    for phase in (1, 3):
-        for arm in ARMS:
-            for _ in range(args.warmup):
-                step(arm, phase, windows[0])
-    samples: dict[tuple[str, str, int], list[float]] = {}
-    rounds = []
-    for r in range(args.rounds):
-        block = {}
-        for phase in (1, 3):
-            for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
-                measured = [step(arm, phase, w) for w in windows]
-                for i, clock in enumerate(("wall", "cpu")):
-                    values = [m[i] for m in measured]
-                    samples.setdefault((clock, arm, phase), []).extend(values)
-                    block[(clock, arm, phase)] = median(values)
-                samples.setdefault(("forward", arm, phase), []).append(teacher_forward(arm, phase))
-        rounds.append(block)
-        print(
-            f"round {r + 1}/{args.rounds}: "
-            + ", ".join(f"p{p} {a} {block[('cpu', a, p)] * 1e3:.0f} ms cpu" for p in (1, 3) for a in ARMS),
-            flush=True,
-        )
-
-    med = {k: median(v) for k, v in samples.items()}
-    results: dict[str, Any] = {"phases": {}}
-    for phase in (1, 3):
-        entry: dict[str, Any] = {}
-        for clock in ("wall", "cpu"):
-            entry[f"fp32_step_{clock}_s"] = med[(clock, "fp32", phase)]
-            entry[f"bf16_step_{clock}_s"] = med[(clock, "bf16", phase)]
-            entry[f"bf16_over_fp32_{clock}"] = paired_summary(
-                [b[(clock, "bf16", phase)] / b[(clock, "fp32", phase)] for b in rounds]
+            _, cpu = timed(
+                lambda: model_outputs(teachers[arm], batch["input_ids"], batch["attention_mask"], request)
             )
-        entry["teacher_forward_cpu_s"] = {arm: med[("forward", arm, phase)] for arm in ARMS}
+        forward.setdefault((phase, arm), []).append(cpu)
+
+    forward: dict[tuple[int, str], list[float]] = {}
+    samples, blocks = interleaved_rounds(
+        PHASES, ARMS, step, windows, args.rounds, args.warmup, after_block=teacher_forward
+    )
+    results: dict[str, Any] = {"phases": {}}
+    for phase in PHASES:
+        entry = arm_summary(samples, blocks, phase, "bf16", "fp32")
+        entry["teacher_forward_cpu_s"] = {arm: median(forward[(phase, arm)]) for arm in ARMS}
         results["phases"][str(phase)] = entry
     results.update(
         {
@@ -154,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"{'phase':<7}{'fp32 step ms':>14}{'bf16 step ms':>14}{'bf16/fp32 (CPU time, 95% CI)':>32}{'teacher fwd ms':>18}"
     )
-    for phase in (1, 3):
+    for phase in PHASES:
         e = results["phases"][str(phase)]
         ratio = e["bf16_over_fp32_cpu"]
         fwd = e["teacher_forward_cpu_s"]
