@@ -506,12 +506,7 @@ def pbt_mutations(space: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def build_scheduler(name: str, config: Config, space: dict[str, Any]):
-    from ray.tune.schedulers import (
-        ASHAScheduler,
-        FIFOScheduler,
-        HyperBandScheduler,
-        PopulationBasedTraining,
-    )
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 
     max_steps, eval_every = config.train.max_steps, config.train.eval_every
     if name == "asha":
@@ -530,9 +525,12 @@ def build_scheduler(name: str, config: Config, space: dict[str, Any]):
             max_t=math.ceil(max_steps / eval_every),
             reduction_factor=HYPERBAND_REDUCTION,
         )
+    from orchestrator.pbt import FinalResultPBT
+
     mutations, derived = pbt_mutations(space)
     interval = pbt_interval_steps(max_steps, eval_every)
-    return PopulationBasedTraining(
+    return FinalResultPBT(
+        max_steps=max_steps,
         time_attr="step",
         perturbation_interval=interval,
         burn_in_period=interval,

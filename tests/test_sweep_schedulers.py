@@ -13,6 +13,7 @@ local Ray, each trial a TorchTrainer with one DeepSpeed worker on tiny models. N
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -32,17 +33,20 @@ pytestmark = pytest.mark.ray
 # Short trials: every restart is a new Train run (worker start-up, DeepSpeed init), which costs more
 # than the steps. PBT perturbs at evals.
 MAX_STEPS = 20
+# PBT gets one more eval: whichever trial reports first at step 10 (when PBT has nobody to compare
+# it with), the worse one is exploited at step 10 or 20, never on its final result (FinalResultPBT).
+PBT_MAX_STEPS = 30
 
 
-def tiny_sweep_overrides(cache_dir: Path, eval_every: int = 5) -> list[str]:
+def tiny_sweep_overrides(cache_dir: Path, eval_every: int = 5, max_steps: int = MAX_STEPS) -> list[str]:
     return [
         f"data.cache_dir={cache_dir}",
         "scaling.num_workers=1",  # two trials at a time on 4 logical CPUs (one CPU stays for Ray Data)
-        f"train.max_steps={MAX_STEPS}",
+        f"train.max_steps={max_steps}",
         "train.warmup_steps=2",
         "train.log_every=5",
         f"train.eval_every={eval_every}",
-        f"train.checkpoint_every={MAX_STEPS}",
+        f"train.checkpoint_every={max_steps}",
     ]
 
 
@@ -65,10 +69,13 @@ def no_live_placement_groups() -> bool:
     return all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
 
 
-def run_tiny_sweep(tmp_path: Path, scheduler: str, points: list[dict], eval_every: int):
+def run_tiny_sweep(
+    tmp_path: Path, scheduler: str, points: list[dict], eval_every: int, max_steps: int = MAX_STEPS
+):
     from search_spaces import get_space
 
-    base = load_config(ROOT / "configs" / "tiny.yaml", tiny_sweep_overrides(tmp_path / "cache", eval_every))
+    overrides = tiny_sweep_overrides(tmp_path / "cache", eval_every, max_steps)
+    base = load_config(ROOT / "configs" / "tiny.yaml", overrides)
     settings = SweepSettings(
         space="curriculum", num_samples=len(points), scheduler=scheduler, max_eval_train_ratio=100.0
     )
@@ -77,15 +84,38 @@ def run_tiny_sweep(tmp_path: Path, scheduler: str, points: list[dict], eval_ever
     return run_dir, summary
 
 
+def test_pbt_never_perturbs_on_a_trials_final_result(monkeypatch):
+    """An exploit on the last result would restart the trial with nothing left to train."""
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    from orchestrator.pbt import FinalResultPBT
+    from orchestrator.sweep import build_scheduler
+    from search_spaces import get_space
+
+    base = load_config(ROOT / "configs" / "tiny.yaml", tiny_sweep_overrides(Path("unused"), 10))
+    scheduler = build_scheduler("pbt", base, get_space("curriculum"))
+    assert isinstance(scheduler, FinalResultPBT)
+    seen = []
+    monkeypatch.setattr(
+        PopulationBasedTraining, "on_trial_result", lambda self, c, t, r: seen.append(r["step"]) or "PAUSE"
+    )
+    assert (
+        scheduler.on_trial_result(None, None, {"step": MAX_STEPS, "eval/ppl": 9.0}) == TrialScheduler.CONTINUE
+    )
+    assert scheduler.on_trial_result(None, None, {"step": 10, "eval/ppl": 9.0}) == "PAUSE"  # PBT's own call
+    assert seen == [10]
+    pickle.loads(pickle.dumps(scheduler))  # Tune saves it in the experiment state for --resume
+
+
 def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(ray_cluster, tmp_path):
-    # Two trials at once (PBT's population). With an eval every 10 of 20 steps PBT perturbs once, at
-    # step 10: the worse trial restarts from the better one's checkpoint with mutated boundaries.
+    # Two trials at once (PBT's population). With an eval every 10 of 30 steps PBT perturbs at step 10
+    # or 20: the worse trial restarts from the better one's checkpoint with mutated boundaries.
     points = [
         {"curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.1},
         {"curriculum.phase1_end": 0.45, "curriculum.phase2_end": 0.9},
     ]
     eval_every = 10
-    run_dir, summary = run_tiny_sweep(tmp_path, "pbt", points, eval_every)
+    run_dir, summary = run_tiny_sweep(tmp_path, "pbt", points, eval_every, PBT_MAX_STEPS)
 
     # Tune's own record of the exploits: one line per restart, naming the donor trial.
     policies = {
@@ -104,14 +134,16 @@ def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(ray_cluste
         # would be step `eval_every`).
         checkpoint_step = first["step"] - eval_every
         assert checkpoint_step > 0, (trial_id, first["step"])
-        restart_progress = checkpoint_step / MAX_STEPS
+        # Progress of the last step the checkpoint trained: a boundary at or before it is crossed.
+        last_trained = (checkpoint_step - 1) / PBT_MAX_STEPS
         p1, p2 = first["config/curriculum.phase1_end"], first["config/curriculum.phase2_end"]
         assert p1 <= p2
-        # A boundary behind the restart point is one the checkpoint had already crossed, kept at the
-        # value it was trained with; PBT may move the others, but never into the past.
+        # A boundary the checkpoint had already crossed keeps the value it was trained with; PBT may
+        # move the others, but never into the past (boundaries are stored to 6 decimals, so one moved
+        # to the restart step's progress 10/30 reads 0.333333, which still switches at that step).
         for key, value in (("curriculum.phase1_end", p1), ("curriculum.phase2_end", p2)):
             trained_values = {point[key] for point in points}
-            assert value >= restart_progress or value in trained_values, (key, value, first["step"])
+            assert value > last_trained or value in trained_values, (key, value, first["step"])
     rows = read_results_csv(run_dir / RESULTS_CSV)
     assert len(rows) == 2
     assert all(r["stop_reason"] in ("completed", "scheduler") for r in rows), rows
