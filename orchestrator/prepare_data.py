@@ -360,8 +360,37 @@ def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> P
     check_seq_len(data_cfg.seq_len, max_positions)
     progress = _Progress()
     plan = _plan(data_cfg, ROWS_PER_SHARD, progress)
-    out, _ = _prepare_planned(plan, Path(data_cfg.cache_dir).expanduser() / plan.key, progress)
+    out = Path(data_cfg.cache_dir).expanduser() / plan.key
+    if not (out / MANIFEST).is_file():
+        twin = _same_tokens_in_cache(out.parent, plan)
+        if twin is not None:
+            print(
+                f"reusing {twin}: the same corpus and settings, tokenised by a tokenizer with the same "
+                f"content ({plan.settings['tokenizer'][:19]}...)"
+            )
+            return twin.resolve()
+    out, _ = _prepare_planned(plan, out, progress)
     return out.resolve()
+
+
+def _same_tokens_in_cache(cache_root: Path, plan: _Plan) -> Path | None:
+    """A cache entry holding exactly the shards `plan` would write: the same corpus and settings,
+    tokenised by a tokenizer whose content hash is the given one's. The demo's pre-trained teacher
+    brings a copy of the BPE trained for its own data, so the distillation finds that data here
+    instead of tokenising the corpus again. Entries are keyed by how the tokenizer was named
+    (`bpe:<vocab>` or `sha256:<hash>`), hence this search by content."""
+    if plan.pretrained is None or not cache_root.is_dir():
+        return None
+    tokenizer_hash = plan.settings["tokenizer"].removeprefix("sha256:")
+    others = {k: v for k, v in plan.settings.items() if k != "tokenizer"}
+    for manifest_path in sorted(cache_root.glob(f"*/{MANIFEST}")):
+        try:
+            manifest = read_manifest(manifest_path.parent)
+        except UserError:
+            continue  # unreadable or another format: never a match
+        if manifest.get("tokenizer_hash") == tokenizer_hash and not _differences(manifest, others):
+            return manifest_path.parent
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -368,3 +368,27 @@ def test_ensure_prepared_makes_then_reuses_the_cache(corpus, tmp_path, capsys):
         ensure_prepared(prepared_cfg, max_positions=16)
     with pytest.raises(UserError, match="seq_len 32 is larger than the model's max positions 16"):
         ensure_prepared(cfg, max_positions=16)
+
+
+def test_ensure_prepared_finds_the_data_of_a_tokenizer_with_the_same_content(corpus, tmp_path, capsys):
+    """The demo's teacher is saved with a copy of the BPE its data was tokenised with: the distillation
+    must reuse that data, not tokenise the corpus again, and never take another tokenizer's data."""
+    from orchestrator.tokenizer_training import load_pretrained
+
+    cache = (tmp_path / "cache").resolve()
+    cfg = DataConfig(source=str(corpus), vocab_size=300, seq_len=32, eval_fraction=0.1, cache_dir=str(cache))
+    other_vocab = ensure_prepared(dataclasses.replace(cfg, vocab_size=320), max_positions=64)
+    trained = ensure_prepared(cfg, max_positions=64)
+    copy = tmp_path / "teacher"
+    load_pretrained(str(trained / "tokenizer")).save_pretrained(str(copy))  # as a model export saves it
+    before = _snapshot(trained)
+    capsys.readouterr()
+
+    assert ensure_prepared(dataclasses.replace(cfg, tokenizer=str(copy)), max_positions=64) == trained
+    assert "same content" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.iterdir()) == sorted([trained.name, other_vocab.name])
+    assert _snapshot(trained) == before
+    # Other settings with that tokenizer: a new entry, tokenised with it.
+    shorter = ensure_prepared(dataclasses.replace(cfg, tokenizer=str(copy), seq_len=16), max_positions=64)
+    assert shorter not in (trained, other_vocab)
+    assert read_manifest(shorter)["tokenizer_hash"] == read_manifest(trained)["tokenizer_hash"]

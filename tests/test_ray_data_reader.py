@@ -1,0 +1,24 @@
+"""The driver's Ray Data settings: the V1 Parquet reader (fast start on small prepared dirs) unless the
+user chose a reader, and no progress bars."""
+
+from __future__ import annotations
+
+from ray.data import DataContext
+
+from orchestrator.trainer import V2_READER_ENV, configure_ray_data
+
+
+def test_runs_read_parquet_with_the_v1_reader_and_no_progress_bars():
+    context = DataContext()
+    assert context.use_datasource_v2  # Ray 2.60's default, which starts 32 FooterReader actors per read
+    configure_ray_data(context, environ={})
+    assert context.use_datasource_v2 is False
+    assert context.enable_progress_bars is False
+
+
+def test_a_reader_the_user_chose_is_kept():
+    for chosen in (True, False):
+        context = DataContext()
+        context.use_datasource_v2 = chosen
+        configure_ray_data(context, environ={V2_READER_ENV: "1" if chosen else "0"})
+        assert context.use_datasource_v2 is chosen
