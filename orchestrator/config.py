@@ -101,6 +101,8 @@ class TrainConfig:
     debug_every: int = 0
     # auto or eager (see ATTN_IMPLEMENTATIONS).
     attn_implementation: str = "auto"
+    # torch.compile the model being trained (its forward and backward; the loss stays eager).
+    compile: bool = False
 
 
 @dataclass
@@ -403,6 +405,13 @@ def validate(config: Config) -> None:
         "train.attn_implementation",
         t.attn_implementation,
         f"must be one of {list(ATTN_IMPLEMENTATIONS)}",
+    )
+    _require(
+        not t.compile or config.deepspeed.zero_stage < 3,
+        "train.compile",
+        t.compile,
+        "needs deepspeed.zero_stage 0-2 (ZeRO-3 gathers parameters in module hooks, which raydistill "
+        "does not compile through)",
     )
 
     _require(

@@ -242,6 +242,7 @@ RANGE_CASES = [
     (["deepspeed.teacher_zero3=true"], "deepspeed.teacher_zero3", True),
     (["deepspeed.teacher_precision=fp16"], "deepspeed.teacher_precision", "fp16"),
     (["train.attn_implementation=flash"], "train.attn_implementation", "flash"),
+    (["train.compile=true", "deepspeed.zero_stage=3"], "train.compile", True),
     # scaling
     (["scaling.num_workers=0"], "scaling.num_workers", 0),
     (["scaling.cpus_per_worker=0"], "scaling.cpus_per_worker", 0.0),
@@ -457,3 +458,9 @@ def test_shipped_config_header_names_the_command_that_runs_it(path):
     wanted = f"--config configs/{path.name}"
     commands = [line for line in header if "raydistill " in line and wanted in line]
     assert commands, f"{path.name}: header has no `raydistill ... {wanted}` command"
+
+
+def test_compile_is_a_boolean_accepted_up_to_zero2():
+    assert load_config(None, ["train.compile=true", "deepspeed.zero_stage=2"]).train.compile is True
+    assert load_config().train.compile is False
+    assert "train.compile" in refused(["train.compile=yes please"])

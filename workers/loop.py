@@ -42,7 +42,7 @@ from workers.precision import (
     teacher_precision_note,
 )
 from workers.step import eval_pass, train_step
-from workers.student_module import StudentWithLoss
+from workers.student_module import StudentWithLoss, compile_for_training
 from workers.tune_decision import wait_for_decision
 
 
@@ -150,6 +150,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "teacher_params": count_parameters(teacher) if teacher is not None else 0,
         "world_size": world,
     }
+    if train["compile"]:
+        compile_for_training(student)
+        if rank == 0:
+            print(
+                "raydistill: train.compile: the first step compiles the model (tens of seconds on CPU)",
+                flush=True,
+            )
     faults = FaultInjector(runtime.get("faults"), rank)
     faults.attach(teacher)
     engine = build_engine(StudentWithLoss(student, loss, train["attn_implementation"]), config, world)

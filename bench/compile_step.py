@@ -1,0 +1,127 @@
+"""`train.compile` for the demo teacher's pre-training step: compiled or plain, interleaved A/B.
+
+    .venv/bin/python bench/compile_step.py            # demo teacher scale: ~4 min idle
+    .venv/bin/python bench/compile_step.py --quick    # smoke run, writes to the temp dir
+
+The step `configs/teacher.yaml` trains (CE only, no teacher, eager attention) through the real
+worker path of bench/attention_kernel.py (`build_engine` + `workers.step.train_step`, DeepSpeed
+ZeRO-0, one process, gloo group of world size 1), `preset:small-llama` (6.8M), 16 x 128 tokens,
+2 threads, in fp32 and, where this CPU computes bf16 natively (or with --bf16), in bf16. Two engines
+per precision start from the same weights, one with `workers.student_module.compile_for_training`
+applied as `train.compile: true` does; they alternate per block on the same batches. Reported per
+precision: the compiled engine's first step (the compile), the median step on wall and process CPU
+time, and the compiled/plain ratio with a bootstrap 95% interval of per-round ratios.
+Written to bench/results/compile_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from bench.ab_timing import arm_summary, assert_stepped, interleaved_rounds, timed  # noqa: E402
+from bench.attention_kernel import build_engine_for  # noqa: E402
+from bench.step_throughput import init_single_process_group, random_batches  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "compile_step.json"
+ARMS = ("plain", "compiled")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per (round, precision, arm) block")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--bf16", action="store_true", help="measure bf16 even without native bf16 (slow)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    args.preset, args.vocab, args.seq_len = "small-llama", 4096, 128
+    if args.quick:
+        args.preset, args.vocab, args.seq_len, args.micro_batch = "tiny-llama", 512, 64, 4
+        args.rounds, args.steps, args.warmup = 2, 1, 1
+        args.out = args.out or str(Path(tempfile.gettempdir()) / "compile_step.json")
+    args.out = Path(args.out or RESULTS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    init_single_process_group()
+
+    from workers.precision import cpu_has_native_bf16
+    from workers.step import train_step
+    from workers.student_module import compile_for_training
+
+    native = cpu_has_native_bf16()
+    precisions = ["fp32"] + (["bf16"] if native or args.bf16 else [])
+    per_engine = args.warmup + 1 + args.rounds * args.steps
+    windows = [[b] for b in random_batches(args.steps, args.micro_batch, args.seq_len, args.vocab, 0)]
+    engines: dict[tuple[str, str], Any] = {}
+    compile_s: dict[str, dict[str, float]] = {}
+    for precision in precisions:
+        for arm in ARMS:
+            engine = build_engine_for(args, precision, per_engine)  # same seed: same initial weights
+            engine.module.base_attention = "eager"  # configs/teacher.yaml's kernel
+            if arm == "compiled":
+                compile_for_training(engine.module.student)
+                wall, cpu = timed(lambda e=engine: assert_stepped(train_step(e, None, windows[0], 0.5)))
+                compile_s[precision] = {"first_step_wall_s": wall, "first_step_cpu_s": cpu}
+                print(f"{precision}: first compiled step {wall:.1f} s (compiling)", flush=True)
+            engines[(precision, arm)] = engine
+
+    def step(precision: str, arm: str, window) -> tuple[float, float]:
+        engine = engines[(precision, arm)]
+        return timed(lambda: assert_stepped(train_step(engine, None, window, 0.5)))
+
+    samples, blocks = interleaved_rounds(precisions, ARMS, step, windows, args.rounds, args.warmup)
+    results: dict[str, Any] = {
+        "precisions": {
+            p: {**arm_summary(samples, blocks, p, "compiled", "plain"), **compile_s[p]} for p in precisions
+        },
+        "cpu_has_native_bf16": native,
+        "config": {
+            "model": args.preset,
+            "micro_batch": args.micro_batch,
+            "seq_len": args.seq_len,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "steps_per_block": args.steps,
+        },
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "torch": torch.__version__,
+    }
+    print()
+    print(
+        f"{'precision':<11}{'compile s':>11}{'plain ms':>10}{'compiled ms':>13}{'compiled/plain (CPU time, 95% CI)':>37}"
+    )
+    for precision in precisions:
+        e = results["precisions"][precision]
+        ratio = e["compiled_over_plain_cpu"]
+        print(
+            f"{precision:<11}{e['first_step_wall_s']:>11.1f}{e['plain_step_cpu_s'] * 1e3:>10.0f}"
+            f"{e['compiled_step_cpu_s'] * 1e3:>13.0f}"
+            f"{ratio['median']:>19.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
