@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from orchestrator.errors import UserError
 from workers.presets import preset_name
 
 PRESET_MAX_POSITIONS = 1024
+PARQUET_READER_LOGGER = "ray.data._internal.datasource.parquet_datasource"
 V2_READER_ENV = "RAY_DATA_USE_DATASOURCE_V2"  # Ray Data's own switch (1: V2 Parquet reader, 0: V1)
 STUDENT_DIR = "student"
 
@@ -96,6 +98,8 @@ def configure_ray_data(context, environ=os.environ) -> None:
     # (bench/data_startup.py), for prepared dirs of a few small files. A user's explicit choice stays.
     if V2_READER_ENV not in environ:
         context.use_datasource_v2 = False
+    # The V1 reader logs its encoding-ratio and batch-size estimates at INFO on the driver's console.
+    logging.getLogger(PARQUET_READER_LOGGER).setLevel(logging.WARNING)
 
 
 def build_trainer(

@@ -3,9 +3,12 @@ user chose a reader, and no progress bars."""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+
 from ray.data import DataContext
 
-from orchestrator.trainer import V2_READER_ENV, configure_ray_data
+from orchestrator.trainer import PARQUET_READER_LOGGER, V2_READER_ENV, configure_ray_data
 
 
 def test_runs_read_parquet_with_the_v1_reader_and_no_progress_bars():
@@ -22,3 +25,9 @@ def test_a_reader_the_user_chose_is_kept():
         context.use_datasource_v2 = chosen
         configure_ray_data(context, environ={V2_READER_ENV: "1" if chosen else "0"})
         assert context.use_datasource_v2 is chosen
+
+
+def test_the_v1_readers_info_estimates_stay_off_the_console():
+    assert importlib.util.find_spec(PARQUET_READER_LOGGER) is not None  # the module that logs them
+    configure_ray_data(DataContext(), environ={})
+    assert logging.getLogger(PARQUET_READER_LOGGER).getEffectiveLevel() >= logging.WARNING
