@@ -101,7 +101,8 @@ class TrainConfig:
     debug_every: int = 0
     # auto or eager (see ATTN_IMPLEMENTATIONS).
     attn_implementation: str = "auto"
-    # torch.compile the model being trained (its forward and backward; the loss stays eager).
+    # torch.compile the model being trained (its forward and backward; the loss stays eager). Faster
+    # steps, different rounding: the demo's bf16 teacher trained compiled ended worse (BENCHMARKS.md).
     compile: bool = False
 
 
