@@ -25,7 +25,6 @@ RESUMABLE_CHANGES = {
     "train.debug_every",
     "train.max_nonfinite_in_a_row",
     "train.attn_implementation",  # a kernel choice: the same math, so a resume may switch it
-    "train.compile",  # the same math compiled: a resume may switch it
     "scaling.max_failures",
     "scaling.cpus_per_worker",
     "data.cache_dir",

@@ -163,3 +163,12 @@ def test_run_dir_with_a_binary_config_yaml_is_refused(tmp_path):
     with pytest.raises(UserError, match="refusing to reuse"):
         prepare_run_dir(tmp_path, config())
     assert (tmp_path / CONFIG_FILE).read_bytes() == b"\xff\xfe\x00\x81"
+
+
+def test_compiling_is_not_a_resumable_change():
+    """A bf16 model trained compiled ended at another perplexity (BENCHMARKS.md): switching
+    `train.compile` makes a different run, and a different cached teacher."""
+    from orchestrator.run_dir import incompatible_keys
+
+    assert incompatible_keys({"train": {"compile": False}}, {"train": {"compile": True}}) == ["train.compile"]
+    assert incompatible_keys({"train": {"log_every": 10}}, {"train": {"log_every": 20}}) == []
