@@ -5,7 +5,7 @@ eager. Both kernels must give the same numbers, so the choice is a speed knob on
 
 import pytest
 import torch
-import transformers
+from tiny_llama import tiny_llama as build_tiny_llama
 
 from workers.curriculum import CurriculumSchedule
 from workers.distill_loss import DistillationLoss, OutputRequest
@@ -18,18 +18,7 @@ MAPS = OutputRequest(hidden_states=True, attentions=True)
 
 
 def tiny_llama(seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        intermediate_size=2 * WIDTH,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
-    return transformers.LlamaForCausalLM(config)
+    return build_tiny_llama(LAYERS, WIDTH, VOCAB, seed)
 
 
 def kernel(model) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import transformers
+from tiny_llama import tiny_llama as build_tiny_llama
 from torch._dynamo.utils import counters
 
 from workers.distill_loss import DistillationLoss
@@ -25,18 +26,7 @@ CE_ONLY = {
 
 
 def tiny_llama() -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        intermediate_size=2 * WIDTH,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
-    return transformers.LlamaForCausalLM(config)
+    return build_tiny_llama(LAYERS, WIDTH, VOCAB, seed=0)
 
 
 def ce_module(model) -> StudentWithLoss:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
+from tiny_llama import tiny_llama as build_tiny_llama
 
 from workers.curriculum import COMPONENTS, CurriculumSchedule
 from workers.distill_loss import DistillationLoss, LossBreakdown, OutputRequest, uniform_layer_map
@@ -17,18 +17,7 @@ S_LAYERS, T_LAYERS, S_WIDTH, T_WIDTH, VOCAB = 2, 4, 32, 48, 128
 
 
 def tiny_llama(layers, width, seed):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = build_tiny_llama(layers, width, VOCAB, seed)
     # transformers 5: sdpa returns no attention maps.
     model.set_attn_implementation("eager")
     return model
