@@ -36,8 +36,12 @@ RESULTS = REPO / "bench" / "results" / "attention_kernel.json"
 ARMS = ("auto", "eager")  # train.attn_implementation
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(
+    argv: list[str] | None = None, doc: str = __doc__, results: Path = RESULTS
+) -> argparse.Namespace:
+    """The teacher pre-training step benches' options (this one's and bench/compile_step.py's):
+    `doc` gives the description, `results` the default output (--quick: its name in the temp dir)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=2, help="timed steps per (round, precision, arm) block")
     p.add_argument("--warmup", type=int, default=2)
@@ -51,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.preset, args.vocab, args.seq_len, args.micro_batch = "tiny-llama", 512, 64, 4
         args.rounds, args.steps, args.warmup = 2, 1, 1
-        args.out = args.out or str(Path(tempfile.gettempdir()) / "attention_kernel.json")
-    args.out = Path(args.out or RESULTS)
+        args.out = args.out or str(Path(tempfile.gettempdir()) / results.name)
+    args.out = Path(args.out or results)
     return args
 
 

@@ -20,7 +20,6 @@ import argparse
 import json
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 
 from bench.ab_timing import arm_summary, assert_stepped, interleaved_rounds, timed  # noqa: E402
 from bench.attention_kernel import build_engine_for  # noqa: E402
+from bench.attention_kernel import parse_args as attention_kernel_args  # noqa: E402
 from bench.step_throughput import init_single_process_group, random_batches  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "compile_step.json"
@@ -39,23 +39,7 @@ ARMS = ("plain", "compiled")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per (round, precision, arm) block")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--micro-batch", type=int, default=16)
-    p.add_argument("--bf16", action="store_true", help="measure bf16 even without native bf16 (slow)")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    args.preset, args.vocab, args.seq_len = "small-llama", 4096, 128
-    if args.quick:
-        args.preset, args.vocab, args.seq_len, args.micro_batch = "tiny-llama", 512, 64, 4
-        args.rounds, args.steps, args.warmup = 2, 1, 1
-        args.out = args.out or str(Path(tempfile.gettempdir()) / "compile_step.json")
-    args.out = Path(args.out or RESULTS)
-    return args
+    return attention_kernel_args(argv, __doc__, RESULTS)  # the same options and scales
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
