@@ -288,7 +288,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- YAML file <- `--set` overrides, validated once."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
-    return config_from_dict(data)
+    return with_absolute_model_paths(config_from_dict(data))
+
+
+def with_absolute_model_paths(config: Config) -> Config:
+    """A teacher or student given as a path relative to where the command runs, made absolute: Ray
+    workers and Tune trials run in other directories, where transformers would take it for a hub id."""
+    for key in ("teacher", "student"):
+        path = Path(getattr(config, key)).expanduser()
+        if path.is_dir():
+            config = dataclasses.replace(config, **{key: str(path.resolve())})
+    return config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -464,3 +464,14 @@ def test_compile_is_a_boolean_accepted_up_to_zero2():
     assert load_config(None, ["train.compile=true", "deepspeed.zero_stage=2"]).train.compile is True
     assert load_config().train.compile is False
     assert "train.compile" in refused(["train.compile=yes please"])
+
+
+def test_relative_model_paths_become_absolute(tmp_path, monkeypatch):
+    # Ray workers and Tune trials start in other directories: a relative local path must not reach
+    # them, or transformers reads it as a hub id ("Repo id must be in the form ...").
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["teacher=models/teacher", "student=preset:tiny-llama"])
+    assert config.teacher == str(tmp_path / "models" / "teacher")
+    assert config.student == "preset:tiny-llama"  # not a path: left as given
+    assert load_config(None, ["teacher=org/some-hub-id"]).teacher == "org/some-hub-id"
