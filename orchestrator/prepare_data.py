@@ -257,6 +257,7 @@ def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
             [len(ids) + 1 for ids in doc_ids], cfg.eval_fraction, cfg.seed
         )
         train = shards.pack([doc_ids[i] for i in train_docs], cfg.seq_len, encoder.eos_id)
+        train = shards.shuffle_rows(train, cfg.seed)  # eval keeps packing order: whole documents
         evaluation = shards.pack([doc_ids[i] for i in eval_docs], cfg.seq_len, encoder.eos_id)
         if len(train) == 0 or len(evaluation) == 0:
             raise UserError(
