@@ -101,8 +101,8 @@ class TrainConfig:
     debug_every: int = 0
     # auto or eager (see ATTN_IMPLEMENTATIONS).
     attn_implementation: str = "auto"
-    # torch.compile the model being trained (its forward and backward; the loss stays eager). Faster
-    # steps, different rounding: the demo's bf16 teacher trained compiled ended worse (BENCHMARKS.md).
+    # torch.compile the model being trained (its forward and backward; the loss stays eager): 0.87x the
+    # step time of the demo's bf16 teacher pre-training after a 25-60 s first compile (BENCHMARKS.md).
     compile: bool = False
 
 

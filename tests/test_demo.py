@@ -33,6 +33,7 @@ TEACHER_SETS = [
     "train.max_steps=8",
     "train.eval_every=4",
     "train.checkpoint_every=8",
+    "train.compile=false",  # configs/teacher.yaml compiles; tests/test_compile.py covers that path
 ]
 REQUIRED_KEYS = {"teacher_ppl", "student_ppl", "teacher_params", "student_params", "tokens_per_s", "wall_s"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
