@@ -93,6 +93,9 @@ def configure_ray_data(context, environ=os.environ) -> None:
     the split coordinators that feed the workers)."""
     # Progress bars (raw terminal codes in job logs) would drown raydistill's own progress line.
     context.enable_progress_bars = False
+    # Nor the "Starting execution of Dataset ..." and "Execution plan ..." lines each split coordinator
+    # prints for every dataset of every run (they stay in Ray Data's own log files).
+    context.print_on_execution_start = False
     # Ray 2.60's V2 Parquet reader lists files through 32 FooterReader actors per dataset, each a new
     # Python process: 8-12 s before a worker's first batch on 2 cores, against ~1 s with the V1 reader
     # (bench/data_startup.py), for prepared dirs of a few small files. A user's explicit choice stays.

@@ -17,6 +17,7 @@ def test_runs_read_parquet_with_the_v1_reader_and_no_progress_bars():
     configure_ray_data(context, environ={})
     assert context.use_datasource_v2 is False
     assert context.enable_progress_bars is False
+    assert context.print_on_execution_start is False  # no per-dataset plan lines between progress lines
 
 
 def test_a_reader_the_user_chose_is_kept():
