@@ -281,17 +281,17 @@ def read_yaml(path: str | Path) -> dict:
 def config_from_dict(data: dict) -> Config:
     config = _build(Config, data, "")
     validate(config)
-    return config
+    return _absolute_model_paths(config)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- `--set` overrides, validated once."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
-    return with_absolute_model_paths(config_from_dict(data))
+    return config_from_dict(data)
 
 
-def with_absolute_model_paths(config: Config) -> Config:
+def _absolute_model_paths(config: Config) -> Config:
     """A teacher or student given as a path relative to where the command runs, made absolute: Ray
     workers and Tune trials run in other directories, where transformers would take it for a hub id."""
     for key in ("teacher", "student"):

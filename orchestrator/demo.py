@@ -27,13 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import (
-    Config,
-    apply_overrides,
-    config_from_dict,
-    read_yaml,
-    with_absolute_model_paths,
-)
+from orchestrator.config import Config, apply_overrides, config_from_dict, read_yaml
 from orchestrator.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +112,7 @@ def distill_config(args: argparse.Namespace, teacher: str | None = None) -> Conf
         data["teacher"] = teacher
     elif args.teacher is not None:
         data["teacher"] = args.teacher
-    return with_absolute_model_paths(config_from_dict(data))
+    return config_from_dict(data)
 
 
 def teacher_config(args: argparse.Namespace, distill: Config) -> Config:

@@ -475,3 +475,6 @@ def test_relative_model_paths_become_absolute(tmp_path, monkeypatch):
     assert config.teacher == str(tmp_path / "models" / "teacher")
     assert config.student == "preset:tiny-llama"  # not a path: left as given
     assert load_config(None, ["teacher=org/some-hub-id"]).teacher == "org/some-hub-id"
+    # Every config built from a dict (the demo's teacher and distillation configs too).
+    built = config_from_dict({"teacher": "models/teacher", "student": "./models/teacher"})
+    assert built.teacher == built.student == str(tmp_path / "models" / "teacher")
