@@ -421,3 +421,19 @@ def test_ensure_prepared_finds_the_data_of_a_tokenizer_with_the_same_content(cor
     shorter = ensure_prepared(dataclasses.replace(cfg, tokenizer=str(copy), seq_len=16), max_positions=64)
     assert shorter not in (trained, other_vocab)
     assert read_manifest(shorter)["tokenizer_hash"] == read_manifest(trained)["tokenizer_hash"]
+
+
+def test_data_prepared_by_an_older_format_is_refused_untouched(prepared, corpus, tmp_path, capsys):
+    # Format 1 stored train rows in packing order: reusing it would silently train on document order.
+    old = tmp_path / "old"
+    shutil.copytree(prepared, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    before = _snapshot(old)
+    error = _bad_run(
+        capsys, ["prepare-data", "--corpus", str(corpus), "--out", str(old), "--train-tokenizer", VOCAB]
+    )
+    assert "format_version 1, this raydistill reads 2; prepare the data again" in error, error
+    with pytest.raises(UserError, match="format_version 1"):
+        ensure_prepared(DataConfig(source=str(old), seq_len=SEQ_LEN))
+    assert _snapshot(old) == before
