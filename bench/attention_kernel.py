@@ -99,7 +99,9 @@ def teacher_pretraining_config(args: argparse.Namespace, precision: str, total_s
     }
 
 
-def build_engine_for(args: argparse.Namespace, precision: str, total_steps: int):
+def build_engine_for(
+    args: argparse.Namespace, precision: str, total_steps: int, fused_optimizer: bool = True
+):
     """The model being pre-trained, wrapped as `workers.loop` wraps it, in a DeepSpeed engine."""
     from transformers import AutoModelForCausalLM
 
@@ -123,7 +125,7 @@ def build_engine_for(args: argparse.Namespace, precision: str, total_steps: int)
         student_num_layers=layers,
         teacher_num_layers=layers,
     )
-    return build_engine(StudentWithLoss(model, loss), cfg, 1)
+    return build_engine(StudentWithLoss(model, loss), cfg, 1, fused_optimizer=fused_optimizer)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

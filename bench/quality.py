@@ -171,7 +171,12 @@ def step_costs(teacher: str, student: str, data_dir: Path, micro_batch: int, rep
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600, help="student steps for every run (default 600)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="student steps for every run (default: the config's train.max_steps)",
+    )
     parser.add_argument("--teacher", default=None, help="teacher path (default: the demo's cached teacher)")
     parser.add_argument(
         "--config", default=str(demo.DEMO_CONFIG), help="base config (default configs/demo.yaml)"
@@ -193,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-root", default="runs/bench-quality")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     args = parser.parse_args(argv)
+    if args.steps is None:
+        # Row (e) is the shipped config as it is: its own number of steps for every run.
+        args.steps = int(config_from_dict(read_yaml(Path(args.config))).train.max_steps)
 
     started = time.perf_counter()
     load_before = os.getloadavg()

@@ -1,0 +1,115 @@
+"""`workers.engine.build_engine`: the student's DeepSpeed engine steps torch's fused AdamW, and a step
+through it moves the weights as AdamW's per-tensor loop does (ZeRO-0 and ZeRO-2, fp32, CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+from tiny_llama import tiny_llama
+
+from workers.distill_loss import DistillationLoss
+from workers.engine import build_engine
+from workers.step import train_step
+from workers.student_module import StudentWithLoss
+
+WIDTH, LAYERS, VOCAB = 32, 2, 128
+
+
+@pytest.fixture(scope="module")
+def single_process_group():
+    """A gloo group of world size 1, as Ray Train creates before the worker loop runs."""
+    if dist.is_initialized():
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+    )
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def ce_run_config(zero_stage: int) -> dict:
+    return {
+        "teacher": "none",
+        "curriculum": {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
+        "loss": {
+            "alpha_ce": 1.0,
+            "alpha_kd": 0.0,
+            "alpha_feature": 0.0,
+            "alpha_attention": 0.0,
+            "kd_temperature": 2.0,
+            "kd_kind": "forward_kl",
+            "jsd_beta": 0.5,
+            "feature_norm": "layernorm",
+            "layer_map": "auto",
+        },
+        "train": {
+            "seed": 0,
+            "max_steps": 10,
+            "micro_batch_size": 2,
+            "grad_accum": 1,
+            "lr": 1e-2,
+            "min_lr_ratio": 0.1,
+            "warmup_steps": 1,
+            "weight_decay": 0.01,
+            "grad_clip": 1.0,
+        },
+        "deepspeed": {
+            "zero_stage": zero_stage,
+            "precision": "fp32",
+            "offload_optimizer": False,
+            "offload_param": False,
+            "teacher_zero3": False,
+        },
+        "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1.0},
+    }
+
+
+def ce_engine(zero_stage: int, fused_optimizer: bool):
+    config = ce_run_config(zero_stage)
+    loss = DistillationLoss.from_config(
+        config["loss"],
+        config["curriculum"],
+        student_hidden_size=WIDTH,
+        teacher_hidden_size=WIDTH,
+        student_num_layers=LAYERS,
+        teacher_num_layers=LAYERS,
+    )
+    model = tiny_llama(LAYERS, WIDTH, VOCAB, seed=0)  # same seed: same initial weights
+    return build_engine(StudentWithLoss(model, loss, "eager"), config, 1, fused_optimizer=fused_optimizer)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_the_engine_steps_a_fused_adamw_that_updates_like_the_per_tensor_loop(
+    single_process_group, zero_stage
+):
+    fused, loop = ce_engine(zero_stage, True), ce_engine(zero_stage, False)
+    assert fused.basic_optimizer.defaults["fused"] is True
+    assert not loop.basic_optimizer.defaults["fused"]
+    ids = torch.randint(3, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
+    window = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}]
+    before = [p.detach().clone() for p in fused.module.student.parameters()]
+    for _ in range(4):  # the first two steps run at lr 0 (DeepSpeed's warm-up starts from 0)
+        for engine in (fused, loop):
+            assert not train_step(engine, None, window, 0.5).skipped
+    moved = 0.0
+    for start, a, b in zip(
+        before, fused.module.student.parameters(), loop.module.student.parameters(), strict=True
+    ):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-6)
+        moved = max(moved, float((a.detach() - start).abs().max()))
+    assert moved > 1e-3  # the weights did move: the comparison is not between two untouched models
