@@ -7,8 +7,11 @@ flipping every round, and arms are compared by per-round paired ratios, not by o
 
 from __future__ import annotations
 
+import json
+import platform
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.step_throughput import median, paired_summary
@@ -78,3 +81,19 @@ def arm_summary(
             [b[(clock, group, arm)] / b[(clock, group, base)] for b in blocks]
         )
     return entry
+
+
+def ci_text(summary: dict[str, Any]) -> str:
+    """A paired ratio as "0.950 [0.932, 1.042]": its median and bootstrap 95% interval."""
+    low, high = summary["ci95"]
+    return f"{summary['median']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def machine() -> dict[str, str]:
+    return {"platform": platform.platform(), "processor": platform.processor()}
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {out}")

@@ -16,8 +16,6 @@ per-round ratios. Written to bench/results/attention_kernel.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +27,15 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.ab_timing import arm_summary, assert_stepped, interleaved_rounds, timed  # noqa: E402
+from bench.ab_timing import (  # noqa: E402
+    arm_summary,
+    assert_stepped,
+    ci_text,
+    interleaved_rounds,
+    machine,
+    timed,
+    write_results,
+)
 from bench.step_throughput import SPECIAL_IDS, init_single_process_group, random_batches  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "attention_kernel.json"
@@ -99,6 +105,23 @@ def teacher_pretraining_config(args: argparse.Namespace, precision: str, total_s
     }
 
 
+def run_info(args: argparse.Namespace, native: bool) -> dict[str, Any]:
+    """What a teacher pre-training step bench ran (this one's, compile_step's, optimizer_step's) and where."""
+    return {
+        "cpu_has_native_bf16": native,
+        "config": {
+            "model": args.preset,
+            "micro_batch": args.micro_batch,
+            "seq_len": args.seq_len,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "steps_per_block": args.steps,
+        },
+        "machine": machine(),
+        "torch": torch.__version__,
+    }
+
+
 def build_engine_for(
     args: argparse.Namespace, precision: str, total_steps: int, fused_optimizer: bool = True
 ):
@@ -152,21 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "precisions": {p: arm_summary(samples, blocks, p, "eager", "auto") for p in precisions}
     }
-    results.update(
-        {
-            "cpu_has_native_bf16": native,
-            "config": {
-                "model": args.preset,
-                "micro_batch": args.micro_batch,
-                "seq_len": args.seq_len,
-                "threads": args.threads,
-                "rounds": args.rounds,
-                "steps_per_block": args.steps,
-            },
-            "machine": {"platform": platform.platform(), "processor": platform.processor()},
-            "torch": torch.__version__,
-        }
-    )
+    results.update(run_info(args, native))
     print()
     print(f"native bf16 on this CPU: {native}; auto = sdpa here (no attention loss in pre-training)")
     print(f"{'precision':<11}{'auto step ms':>14}{'eager step ms':>15}{'eager/auto (CPU time, 95% CI)':>33}")
@@ -175,11 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratio = e["eager_over_auto_cpu"]
         print(
             f"{precision:<11}{e['auto_step_cpu_s'] * 1e3:>14.0f}{e['eager_step_cpu_s'] * 1e3:>15.0f}"
-            f"{ratio['median']:>15.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
+            f"{ci_text(ratio):>30}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_results(results, args.out)
     return results
 
 

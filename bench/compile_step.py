@@ -17,8 +17,6 @@ Written to bench/results/compile_step.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.ab_timing import arm_summary, assert_stepped, interleaved_rounds, timed  # noqa: E402
-from bench.attention_kernel import build_engine_for  # noqa: E402
+from bench.ab_timing import arm_summary, assert_stepped, ci_text, interleaved_rounds, timed, write_results  # noqa: E402
+from bench.attention_kernel import build_engine_for, run_info  # noqa: E402
 from bench.attention_kernel import parse_args as attention_kernel_args  # noqa: E402
 from bench.step_throughput import init_single_process_group, random_batches  # noqa: E402
 
@@ -77,17 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "precisions": {
             p: {**arm_summary(samples, blocks, p, "compiled", "plain"), **compile_s[p]} for p in precisions
         },
-        "cpu_has_native_bf16": native,
-        "config": {
-            "model": args.preset,
-            "micro_batch": args.micro_batch,
-            "seq_len": args.seq_len,
-            "threads": args.threads,
-            "rounds": args.rounds,
-            "steps_per_block": args.steps,
-        },
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "torch": torch.__version__,
+        **run_info(args, native),
     }
     print()
     print(
@@ -99,11 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"{precision:<11}{e['first_step_wall_s']:>11.1f}{e['plain_step_cpu_s'] * 1e3:>10.0f}"
             f"{e['compiled_step_cpu_s'] * 1e3:>13.0f}"
-            f"{ratio['median']:>19.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
+            f"{ci_text(ratio):>34}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_results(results, args.out)
     return results
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.ab_timing import ci_text, machine, write_results  # noqa: E402
 from bench.step_throughput import median, paired_summary  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "data_startup.json"
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data_dir": str(data_dir),
         "workers": args.workers,
         "rounds": args.rounds,
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": machine(),
     }
     import ray
 
@@ -137,12 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{'reader':<8}{'s to first batches (median)':>30}")
     for reader in READERS:
         print(f"{reader:<8}{results['seconds_to_first_batches'][reader]:>30.1f}")
-    print(
-        f"v1/v2: {ratio['median']:.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}] (95% CI over rounds)"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {args.out}")
+    print(f"v1/v2: {ci_text(ratio)} (95% CI over rounds)")
+    write_results(results, args.out)
     return results
 
 

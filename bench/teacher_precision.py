@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +29,15 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.ab_timing import arm_summary, assert_stepped, interleaved_rounds, timed  # noqa: E402
+from bench.ab_timing import (  # noqa: E402
+    arm_summary,
+    assert_stepped,
+    ci_text,
+    interleaved_rounds,
+    machine,
+    timed,
+    write_results,
+)
 from bench.step_throughput import (  # noqa: E402
     PHASE_PROGRESS,
     build_models,
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "rounds": args.rounds,
                 "steps_per_block": args.steps,
             },
-            "machine": {"platform": platform.platform(), "processor": platform.processor()},
+            "machine": machine(),
             "torch": torch.__version__,
         }
     )
@@ -132,12 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fwd = e["teacher_forward_cpu_s"]
         print(
             f"{phase:<7}{e['fp32_step_cpu_s'] * 1e3:>14.0f}{e['bf16_step_cpu_s'] * 1e3:>14.0f}"
-            f"{ratio['median']:>14.3f} [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]"
+            f"{ci_text(ratio):>29}"
             f"{fwd['fp32'] * 1e3:>9.0f} / {fwd['bf16'] * 1e3:.0f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_results(results, args.out)
     return results
 
 
