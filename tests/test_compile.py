@@ -5,40 +5,17 @@ from __future__ import annotations
 
 import torch
 import transformers
+from tiny_llama import ce_module
 from tiny_llama import tiny_llama as build_tiny_llama
 from torch._dynamo.utils import counters
 
-from workers.distill_loss import DistillationLoss
 from workers.student_module import StudentWithLoss, compile_for_training
 
 WIDTH, LAYERS, VOCAB = 32, 2, 128
-CE_ONLY = {
-    "alpha_ce": 1.0,
-    "alpha_kd": 0.0,
-    "alpha_feature": 0.0,
-    "alpha_attention": 0.0,
-    "kd_temperature": 2.0,
-    "kd_kind": "forward_kl",
-    "jsd_beta": 0.5,
-    "feature_norm": "layernorm",
-    "layer_map": "auto",
-}
 
 
 def tiny_llama() -> transformers.LlamaForCausalLM:
     return build_tiny_llama(LAYERS, WIDTH, VOCAB, seed=0)
-
-
-def ce_module(model) -> StudentWithLoss:
-    loss = DistillationLoss.from_config(
-        CE_ONLY,
-        {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
-        student_hidden_size=WIDTH,
-        teacher_hidden_size=WIDTH,
-        student_num_layers=LAYERS,
-        teacher_num_layers=LAYERS,
-    )
-    return StudentWithLoss(model, loss, "eager")
 
 
 def loss_and_grads(module: StudentWithLoss, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:

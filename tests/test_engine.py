@@ -9,12 +9,10 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-from tiny_llama import tiny_llama
+from tiny_llama import ce_module, tiny_llama
 
-from workers.distill_loss import DistillationLoss
 from workers.engine import build_engine
 from workers.step import train_step
-from workers.student_module import StudentWithLoss
 
 WIDTH, LAYERS, VOCAB = 32, 2, 128
 
@@ -42,21 +40,9 @@ def single_process_group():
             os.environ[key] = value
 
 
-def ce_run_config(zero_stage: int) -> dict:
+def engine_config(zero_stage: int) -> dict:
+    """The parts of a run config `build_engine` reads: a CE-only fp32 run on one CPU worker."""
     return {
-        "teacher": "none",
-        "curriculum": {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
-        "loss": {
-            "alpha_ce": 1.0,
-            "alpha_kd": 0.0,
-            "alpha_feature": 0.0,
-            "alpha_attention": 0.0,
-            "kd_temperature": 2.0,
-            "kd_kind": "forward_kl",
-            "jsd_beta": 0.5,
-            "feature_norm": "layernorm",
-            "layer_map": "auto",
-        },
         "train": {
             "seed": 0,
             "max_steps": 10,
@@ -80,17 +66,8 @@ def ce_run_config(zero_stage: int) -> dict:
 
 
 def ce_engine(zero_stage: int, fused_optimizer: bool):
-    config = ce_run_config(zero_stage)
-    loss = DistillationLoss.from_config(
-        config["loss"],
-        config["curriculum"],
-        student_hidden_size=WIDTH,
-        teacher_hidden_size=WIDTH,
-        student_num_layers=LAYERS,
-        teacher_num_layers=LAYERS,
-    )
     model = tiny_llama(LAYERS, WIDTH, VOCAB, seed=0)  # same seed: same initial weights
-    return build_engine(StudentWithLoss(model, loss, "eager"), config, 1, fused_optimizer=fused_optimizer)
+    return build_engine(ce_module(model), engine_config(zero_stage), 1, fused_optimizer=fused_optimizer)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])

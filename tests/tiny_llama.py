@@ -1,5 +1,6 @@
 """The tiny Llama the unit tests build from a config (no hub): 2 heads, MLP twice the width, special
-ids 0/1/2 set so transformers does not warn about ids outside a small vocabulary."""
+ids 0/1/2 set so transformers does not warn about ids outside a small vocabulary; and `ce_module`,
+which wraps a model in the CE-only loss as a pre-training run (`teacher: none`) does."""
 
 from __future__ import annotations
 
@@ -20,3 +21,34 @@ def tiny_llama(layers: int, width: int, vocab: int, seed: int) -> transformers.L
         pad_token_id=2,
     )
     return transformers.LlamaForCausalLM(config)
+
+
+CE_ONLY = {
+    "alpha_ce": 1.0,
+    "alpha_kd": 0.0,
+    "alpha_feature": 0.0,
+    "alpha_attention": 0.0,
+    "kd_temperature": 2.0,
+    "kd_kind": "forward_kl",
+    "jsd_beta": 0.5,
+    "feature_norm": "layernorm",
+    "layer_map": "auto",
+}
+
+
+def ce_module(model: transformers.PreTrainedModel, attn_implementation: str = "eager"):
+    """`model` inside the module handed to DeepSpeed, with only CE on (no teacher, no curriculum)."""
+    from workers.distill_loss import DistillationLoss
+    from workers.models import hidden_size, num_layers
+    from workers.student_module import StudentWithLoss
+
+    width, layers = hidden_size(model), num_layers(model)
+    loss = DistillationLoss.from_config(
+        CE_ONLY,
+        {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
+        student_hidden_size=width,
+        teacher_hidden_size=width,
+        student_num_layers=layers,
+        teacher_num_layers=layers,
+    )
+    return StudentWithLoss(model, loss, attn_implementation)
