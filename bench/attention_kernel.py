@@ -151,25 +151,39 @@ def build_engine_for(
     return build_engine(StudentWithLoss(model, loss), cfg, 1, fused_optimizer=fused_optimizer)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def teacher_step_setup(args: argparse.Namespace) -> tuple[bool, list[str], list[list[dict]]]:
+    """What every teacher pre-training step bench (this one, compile_step, optimizer_step) starts
+    with: the thread count, a world-size-1 gloo group, whether this CPU computes bf16 natively, the
+    precisions to measure, and the timed windows of one random batch each."""
+    from workers.precision import cpu_has_native_bf16
+
     torch.set_num_threads(args.threads)
     init_single_process_group()
-
-    from workers.precision import cpu_has_native_bf16
-    from workers.step import train_step
-    from workers.student_module import base_attention
-
     native = cpu_has_native_bf16()
     precisions = ["fp32"] + (["bf16"] if native or args.bf16 else [])
+    windows = [[b] for b in random_batches(args.steps, args.micro_batch, args.seq_len, args.vocab, 0)]
+    return native, precisions, windows
+
+
+def timed_ce_step(engine, window) -> tuple[float, float]:
+    """(wall s, process CPU s) of one CE-only pre-training step, which must not have been skipped."""
+    from workers.step import train_step
+
+    return timed(lambda: assert_stepped(train_step(engine, None, window, 0.5)))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from workers.student_module import base_attention
+
+    native, precisions, windows = teacher_step_setup(args)
     per_engine = len(ARMS) * (args.warmup + args.rounds * args.steps)
     engines = {p: build_engine_for(args, p, per_engine) for p in precisions}
-    windows = [[b] for b in random_batches(args.steps, args.micro_batch, args.seq_len, args.vocab, 0)]
 
     def step(precision: str, arm: str, window) -> tuple[float, float]:
         engine = engines[precision]
         engine.module.base_attention = base_attention(arm)
-        return timed(lambda: assert_stepped(train_step(engine, None, window, 0.5)))
+        return timed_ce_step(engine, window)
 
     samples, blocks = interleaved_rounds(precisions, ARMS, step, windows, args.rounds, args.warmup)
     results: dict[str, Any] = {

@@ -25,12 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
 
-from bench.ab_timing import arm_summary, assert_stepped, ci_text, interleaved_rounds, timed, write_results  # noqa: E402
-from bench.attention_kernel import build_engine_for, run_info  # noqa: E402
+from bench.ab_timing import arm_summary, ci_text, interleaved_rounds, write_results  # noqa: E402
+from bench.attention_kernel import build_engine_for, run_info, teacher_step_setup, timed_ce_step  # noqa: E402
 from bench.attention_kernel import parse_args as attention_kernel_args  # noqa: E402
-from bench.step_throughput import init_single_process_group, random_batches  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "compile_step.json"
 ARMS = ("plain", "compiled")
@@ -42,17 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    init_single_process_group()
-
-    from workers.precision import cpu_has_native_bf16
-    from workers.step import train_step
     from workers.student_module import compile_for_training
 
-    native = cpu_has_native_bf16()
-    precisions = ["fp32"] + (["bf16"] if native or args.bf16 else [])
+    native, precisions, windows = teacher_step_setup(args)
     per_engine = args.warmup + 1 + args.rounds * args.steps
-    windows = [[b] for b in random_batches(args.steps, args.micro_batch, args.seq_len, args.vocab, 0)]
     engines: dict[tuple[str, str], Any] = {}
     compile_s: dict[str, dict[str, float]] = {}
     for precision in precisions:
@@ -61,14 +52,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             engine.module.base_attention = "eager"  # configs/teacher.yaml's kernel
             if arm == "compiled":
                 compile_for_training(engine.module.student)
-                wall, cpu = timed(lambda e=engine: assert_stepped(train_step(e, None, windows[0], 0.5)))
+                wall, cpu = timed_ce_step(engine, windows[0])
                 compile_s[precision] = {"first_step_wall_s": wall, "first_step_cpu_s": cpu}
                 print(f"{precision}: first compiled step {wall:.1f} s (compiling)", flush=True)
             engines[(precision, arm)] = engine
 
     def step(precision: str, arm: str, window) -> tuple[float, float]:
-        engine = engines[(precision, arm)]
-        return timed(lambda: assert_stepped(train_step(engine, None, window, 0.5)))
+        return timed_ce_step(engines[(precision, arm)], window)
 
     samples, blocks = interleaved_rounds(precisions, ARMS, step, windows, args.rounds, args.warmup)
     results: dict[str, Any] = {

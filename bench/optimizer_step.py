@@ -29,10 +29,9 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.ab_timing import arm_summary, assert_stepped, ci_text, interleaved_rounds, timed, write_results  # noqa: E402
-from bench.attention_kernel import build_engine_for, run_info  # noqa: E402
+from bench.ab_timing import arm_summary, ci_text, interleaved_rounds, write_results  # noqa: E402
+from bench.attention_kernel import build_engine_for, run_info, teacher_step_setup, timed_ce_step  # noqa: E402
 from bench.attention_kernel import parse_args as attention_kernel_args  # noqa: E402
-from bench.step_throughput import init_single_process_group, random_batches  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "optimizer_step.json"
 ARMS = ("loop", "fused")
@@ -53,16 +52,8 @@ def max_relative_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    init_single_process_group()
-
-    from workers.precision import cpu_has_native_bf16
-    from workers.step import train_step
-
-    native = cpu_has_native_bf16()
-    precisions = ["fp32"] + (["bf16"] if native or args.bf16 else [])
+    native, precisions, windows = teacher_step_setup(args)
     per_engine = args.warmup + args.rounds * args.steps
-    windows = [[b] for b in random_batches(args.steps, args.micro_batch, args.seq_len, args.vocab, 0)]
     engines: dict[tuple[str, str], Any] = {}
     for precision in precisions:
         for arm in ARMS:
@@ -72,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             engines[(precision, arm)] = engine
 
     def step(precision: str, arm: str, window) -> tuple[float, float]:
-        engine = engines[(precision, arm)]
-        return timed(lambda: assert_stepped(train_step(engine, None, window, 0.5)))
+        return timed_ce_step(engines[(precision, arm)], window)
 
     samples, blocks = interleaved_rounds(precisions, ARMS, step, windows, args.rounds, args.warmup)
     results: dict[str, Any] = {
