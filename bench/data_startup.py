@@ -6,7 +6,7 @@
 Every Ray Train run starts with this wait: each worker reads its whole eval shard (the evenly spaced
 eval sequences, `workers/data.py::eval_batches`) and then its first training batch. Ray 2.60 reads
 Parquet through its "V2" datasource by default, which lists files through a pool of FooterReader
-actors; `orchestrator/trainer.py::configure_ray_data` picks the V1 reader instead. This times the
+actors; `orchestrator/train/trainer.py::configure_ray_data` picks the V1 reader instead. This times the
 same datasets `build_trainer` makes (`read_parquet` with `preserve_order`, split over the demo's 2
 workers with `equal=True`) consumed by 2 one-CPU actors the way the workers consume them, in one Ray
 session (`ensure_ray`, as the CLI starts it), the two readers alternating round by round. Reported:
@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepared_data(args: argparse.Namespace) -> Path:
     """The config's data, prepared as a run prepares it (reused from the cache when present)."""
     from orchestrator.config import apply_overrides, config_from_dict, read_yaml
-    from orchestrator.prepare_data import ensure_prepared
-    from orchestrator.trainer import PRESET_MAX_POSITIONS
+    from orchestrator.data.prepare import ensure_prepared
+    from orchestrator.train.trainer import PRESET_MAX_POSITIONS
 
     overrides = []
     if args.quick:  # a tiny corpus: two stdlib modules, a small vocabulary
@@ -75,7 +75,7 @@ def time_to_first_batches(data_dir: Path, reader: str, workers: int, micro_batch
     import ray
     import ray.data
 
-    from orchestrator.trainer import configure_ray_data
+    from orchestrator.train.trainer import configure_ray_data
 
     @ray.remote(num_cpus=1)
     def consume(eval_split, train_split, micro_batch: int) -> int:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     data_dir = prepared_data(args)
 
-    from orchestrator.ray_session import ensure_ray
+    from orchestrator.train.ray_session import ensure_ray
 
     ensure_ray(args.workers, 1.0)
     samples: dict[str, list[float]] = {r: [] for r in READERS}

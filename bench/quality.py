@@ -12,7 +12,7 @@ Runs (each a real `run_training`: 2 Ray Train workers, DeepSpeed ZeRO-2, configs
 plus the teacher (the demo's cached pre-trained teacher, trained first if missing, or --teacher).
 
 Every model's perplexity is measured on the driver the same way, on the same eval sequences (the whole
-eval split by default) (`orchestrator.demo.evaluate_perplexity`). Times: `wall_s` is the whole
+eval split by default) (`orchestrator.commands.demo.evaluate_perplexity`). Times: `wall_s` is the whole
 `run_training` call (Ray Train start-up, data, training, checkpoints, export); `s_per_step` is the
 training time per step from the run's own tokens/s, so `b - a` is the teacher's forward cost per step.
 Writes bench/results/quality.json; run dirs live under runs/bench-quality/ and a finished run is reused.
@@ -32,11 +32,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import demo  # noqa: E402
 from orchestrator.cli import build_parser  # noqa: E402
+from orchestrator.commands import demo  # noqa: E402
 from orchestrator.config import Config, apply_overrides, config_from_dict, read_yaml  # noqa: E402
-from orchestrator.report import mean_tokens_per_s  # noqa: E402
-from orchestrator.telemetry import read_metrics  # noqa: E402
+from orchestrator.report.health import mean_tokens_per_s  # noqa: E402
+from orchestrator.train.telemetry import read_metrics  # noqa: E402
 
 OFF = ["loss.alpha_feature=0", "loss.alpha_attention=0"]
 VARIANTS: dict[str, tuple[str, str, list[str]]] = {
@@ -66,7 +66,7 @@ def build_config(teacher: str, overrides: list[str], steps: int, config_path: Pa
 
 
 def run_variant(name: str, config: Config, run_root: Path, data_dir: Path, eval_sequences: int) -> dict:
-    from orchestrator.train_command import run_training
+    from orchestrator.train.run import run_training
 
     run_dir = (run_root / name).resolve()
     done = run_dir / RESULT_FILE
@@ -131,8 +131,8 @@ def step_costs(teacher: str, student: str, data_dir: Path, micro_batch: int, rep
     import torch
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.shards import read_split
-    from orchestrator.trainer import PRESET_MAX_POSITIONS
+    from orchestrator.data.shards import read_split
+    from orchestrator.train.trainer import PRESET_MAX_POSITIONS
     from workers.models import build_model, load_tokenizer
 
     threads = torch.get_num_threads()
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_dir = Path(args.teacher)
     teacher = str(teacher_dir.resolve()) if teacher_dir.exists() else str(teacher_dir)
 
-    from orchestrator.trainer import prepare_run
+    from orchestrator.train.trainer import prepare_run
 
     run_root = Path(args.run_root)
     config_path = Path(args.config)

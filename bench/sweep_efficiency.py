@@ -42,8 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.shared_prefix import prefix_steps, steps_saved  # noqa: E402
-from orchestrator.sweep import SweepSettings, run_sweep, sample_points, trial_config  # noqa: E402
+from orchestrator.sweep.run import run_sweep  # noqa: E402
+from orchestrator.sweep.settings import SweepSettings  # noqa: E402
+from orchestrator.sweep.shared_prefix import prefix_steps, steps_saved  # noqa: E402
+from orchestrator.sweep.trials import sample_points, trial_config  # noqa: E402
 from search_spaces import get_anchors, get_space  # noqa: E402
 
 # Tiny models on a stdlib slice, one worker per trial: long enough (16 evals) for ASHA's rungs to
@@ -144,7 +146,7 @@ def summarise(summary, wall_s: float) -> dict:
 def pretrained_teacher(base, steps: int, run_root: Path) -> str:
     """Pre-train the base config's preset teacher with CE on the same data; reuse an earlier one."""
     from orchestrator.config import config_from_dict
-    from orchestrator.train_command import run_training
+    from orchestrator.train.run import run_training
 
     data = base.to_dict()
     data.update(teacher="none", student=base.teacher)
@@ -162,8 +164,8 @@ def pretrained_teacher(base, steps: int, run_root: Path) -> str:
 
 def reused_arm(name: str, run_dir: Path, base, points: list[dict]) -> dict:
     """An arm of an earlier run of this bench, if it ran the same base config and points."""
-    from orchestrator.sweep import load_sweep_dir
-    from orchestrator.sweep_results import summarize
+    from orchestrator.sweep.results import summarize
+    from orchestrator.sweep.sweep_dir import load_sweep_dir
 
     flag, run_dir = f"--reuse-{name}", run_dir.resolve()
     if not run_dir.is_dir():
@@ -198,7 +200,7 @@ def recorded_full_arm(path: Path, report_keys: dict, points: list[dict]) -> dict
 def extended_full_arm(recorded: dict, more: dict | None) -> dict:
     """The recorded full arm plus the full-length trials of the points it did not have (full-arm
     trials are independent of each other: FIFO, no stopper, every trial from step 0)."""
-    from orchestrator.sweep_results import pick_best
+    from orchestrator.sweep.results import pick_best
 
     full = recorded["full"]
     if more is None:
@@ -242,8 +244,8 @@ def trials_at_once(base) -> int:
     """How many trials `raydistill sweep` runs at once for this config on this machine's Ray."""
     import ray
 
-    from orchestrator.ray_session import ensure_ray
-    from orchestrator.sweep import max_concurrent_trials
+    from orchestrator.sweep.run import max_concurrent_trials
+    from orchestrator.train.ray_session import ensure_ray
 
     ensure_ray(base.scaling.num_workers, base.scaling.cpus_per_worker, base.scaling.use_gpu)
     return max_concurrent_trials(ray.cluster_resources(), base, None)
@@ -263,8 +265,8 @@ def by_trial_count(base, points: list[dict], early: dict, full: dict, counts: li
     sweep, except for the prefix, which is re-planned for the n trials (a trial alone in its group
     runs from step 0, and is charged its steps from 0). n = N repeats the measured figures.
     """
-    from orchestrator.shared_prefix import phase1_steps, plan_prefixes, prefix_key
-    from orchestrator.sweep_results import pick_best
+    from orchestrator.sweep.results import pick_best
+    from orchestrator.sweep.shared_prefix import phase1_steps, plan_prefixes, prefix_key
 
     early_rows = sorted(early["trials"], key=lambda r: _point_index(r, points))
     full_rows = sorted(full["trials"], key=lambda r: _point_index(r, points))

@@ -13,11 +13,14 @@ from orchestrator.errors import RunFailed, UserError
 
 # sub-command -> (module, one-line help). Modules import heavy libraries lazily inside `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("orchestrator.train_command", "distil a student on Ray Train workers with DeepSpeed"),
-    "prepare-data": ("orchestrator.prepare_data", "tokenise a corpus into train/eval Parquet shards"),
-    "demo": ("orchestrator.demo", "the end-to-end demo: data, teacher, distillation, report"),
-    "sweep": ("orchestrator.sweep_command", "search the curriculum with Ray Tune"),
-    "plan": ("orchestrator.plan", "per-GPU memory plan for a teacher/student pair"),
+    "train": ("orchestrator.commands.train", "distil a student on Ray Train workers with DeepSpeed"),
+    "prepare-data": (
+        "orchestrator.commands.prepare_data",
+        "tokenise a corpus into train/eval Parquet shards",
+    ),
+    "demo": ("orchestrator.commands.demo", "the end-to-end demo: data, teacher, distillation, report"),
+    "sweep": ("orchestrator.commands.sweep", "search the curriculum with Ray Tune"),
+    "plan": ("orchestrator.commands.plan", "per-GPU memory plan for a teacher/student pair"),
 }
 
 
@@ -29,12 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # command not built yet
+        module = importlib.import_module(module_name)
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)

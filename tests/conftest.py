@@ -15,7 +15,7 @@ def ray_cluster():
     placement-group cleaner needs it. 4 logical CPUs: 2 training workers plus Ray Data read tasks."""
     import ray
 
-    from orchestrator.ray_session import driver_env_vars
+    from orchestrator.train.ray_session import driver_env_vars
 
     if ray.is_initialized():
         ray.shutdown()
@@ -35,7 +35,7 @@ def ray_cluster():
 def tiny_data_dir(tmp_path_factory):
     """A small slice of the stdlib, tokenised once for the whole session."""
     from orchestrator.config import DataConfig
-    from orchestrator.prepare_data import ensure_prepared
+    from orchestrator.data.prepare import ensure_prepared
 
     cache = tmp_path_factory.mktemp("data-cache")
     return ensure_prepared(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import ray_session, trainer
 from orchestrator.cli import main
 from orchestrator.config import load_config
+from orchestrator.train import ray_session, trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

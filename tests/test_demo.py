@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from orchestrator import demo
 from orchestrator.cli import build_parser, main
-from orchestrator.report import health_verdict
+from orchestrator.commands import demo
+from orchestrator.report.health import health_verdict
 
 TINY_DATA = ["data.max_files=40", "data.vocab_size=512", "data.seq_len=64"]
 TINY_TRAIN = [

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.prepare_data import read_manifest
-from orchestrator.trainer import prepare_run
+from orchestrator.data.prepare import read_manifest
+from orchestrator.train.trainer import prepare_run
 from workers.data import eval_batches
 
 ROOT = Path(__file__).resolve().parents[1]

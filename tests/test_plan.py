@@ -6,10 +6,10 @@ Model configs are written with `save_pretrained` to a temp dir (config.json only
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from orchestrator import memory_model as mm
 from orchestrator.cli import main
 from orchestrator.errors import UserError
-from orchestrator.plan import model_shape
+from orchestrator.plan import memory_model as mm
+from orchestrator.plan.model_shapes import model_shape
 
 TINY = {
     "hidden_size": 64,
@@ -259,7 +259,7 @@ def test_config_file_supplies_defaults_and_is_judged(tmp_path, model_dirs, capsy
 def test_missing_required_input_is_a_user_error(model_dirs):
     import argparse
 
-    from orchestrator import plan
+    from orchestrator.commands import plan
 
     parser = argparse.ArgumentParser()
     plan.add_arguments(parser)

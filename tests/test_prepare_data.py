@@ -17,11 +17,11 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import DataConfig
-from orchestrator.corpus import stdlib_dir
+from orchestrator.data.corpus import stdlib_dir
+from orchestrator.data.prepare import ensure_prepared, read_manifest
+from orchestrator.data.shards import read_split, shuffle_rows
+from orchestrator.data.tokenizer_training import tokenizer_hash
 from orchestrator.errors import UserError
-from orchestrator.prepare_data import ensure_prepared, read_manifest
-from orchestrator.shards import read_split, shuffle_rows
-from orchestrator.tokenizer_training import tokenizer_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = "300"  # small: BPE training takes well under a second
@@ -51,7 +51,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _documents(corpus_dir: Path) -> list[str]:
-    """The documents the corpus should yield, read independently of orchestrator.corpus."""
+    """The documents the corpus should yield, read independently of orchestrator.data.corpus."""
     docs = []
     for path in sorted(corpus_dir.rglob("*")):
         if path.is_file() and not path.name.startswith("."):
@@ -191,7 +191,7 @@ def test_train_rows_are_stored_shuffled_so_steps_mix_documents(prepared):
 def test_eos_text_inside_a_document_stays_text(prepared):
     from transformers import AutoTokenizer
 
-    from orchestrator.tokenizer_training import text_encoder
+    from orchestrator.data.tokenizer_training import text_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(str(prepared / "tokenizer"))
     (ids,) = text_encoder(tokenizer).encode([EXTRA_DOC])
@@ -402,7 +402,7 @@ def test_ensure_prepared_makes_then_reuses_the_cache(corpus, tmp_path, capsys):
 def test_ensure_prepared_finds_the_data_of_a_tokenizer_with_the_same_content(corpus, tmp_path, capsys):
     """The demo's teacher is saved with a copy of the BPE its data was tokenised with: the distillation
     must reuse that data, not tokenise the corpus again, and never take another tokenizer's data."""
-    from orchestrator.tokenizer_training import load_pretrained
+    from orchestrator.data.tokenizer_training import load_pretrained
 
     cache = (tmp_path / "cache").resolve()
     cfg = DataConfig(source=str(corpus), vocab_size=300, seq_len=32, eval_fraction=0.1, cache_dir=str(cache))

@@ -8,7 +8,7 @@ import logging
 
 from ray.data import DataContext
 
-from orchestrator.trainer import PARQUET_READER_LOGGER, V2_READER_ENV, configure_ray_data
+from orchestrator.train.trainer import PARQUET_READER_LOGGER, V2_READER_ENV, configure_ray_data
 
 
 def test_runs_read_parquet_with_the_v1_reader_and_no_progress_bars():

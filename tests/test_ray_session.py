@@ -6,7 +6,7 @@ import json
 
 from ray.runtime_env.runtime_env import _merge_runtime_env
 
-from orchestrator.ray_session import (
+from orchestrator.train.ray_session import (
     CPU_ONLY_ENV,
     JOB_CONFIG_ENV,
     WORKER_ENV,

@@ -7,7 +7,7 @@ import yaml
 
 from orchestrator.config import load_config
 from orchestrator.errors import UserError
-from orchestrator.run_dir import CONFIG_FILE, RESUMABLE_CHANGES, incompatible_keys, prepare_run_dir
+from orchestrator.train.run_dir import CONFIG_FILE, RESUMABLE_CHANGES, incompatible_keys, prepare_run_dir
 
 
 def config(*overrides: str):
@@ -169,7 +169,7 @@ def test_compiling_is_not_a_resumable_change():
     """Compiled kernels round differently, so a compiled run does not reproduce an eager one exactly
     (the demo's student: 42.76 against 42.20 from a compiled or an eager teacher, BENCHMARKS.md):
     switching `train.compile` makes a different run, and a different cached teacher."""
-    from orchestrator.run_dir import incompatible_keys
+    from orchestrator.train.run_dir import incompatible_keys
 
     assert incompatible_keys({"train": {"compile": False}}, {"train": {"compile": True}}) == ["train.compile"]
     assert incompatible_keys({"train": {"log_every": 10}}, {"train": {"log_every": 20}}) == []

@@ -11,14 +11,8 @@ from ray import tune
 
 import search_spaces
 from orchestrator.config import config_from_dict, get_dotted, read_yaml
-from orchestrator.sweep import (
-    apply_params,
-    check_space,
-    keep_phases_left,
-    pbt_mutations,
-    sample_points,
-    trial_config,
-)
+from orchestrator.sweep.schedulers import pbt_mutations
+from orchestrator.sweep.trials import apply_params, check_space, keep_phases_left, sample_points, trial_config
 from search_spaces import SPACES, get_space
 from search_spaces.curriculum import PHASE2_ENDS
 
@@ -91,7 +85,7 @@ def test_samples_repeat_with_the_seed():
 
 
 def test_pbt_mutations_keep_the_curriculum_ordering():
-    from orchestrator.sweep import Rederive
+    from orchestrator.sweep.schedulers import Rederive
 
     mutations, derived = pbt_mutations(get_space("curriculum"))
     assert mutations == {"curriculum.phase2_end": list(PHASE2_ENDS)}
@@ -165,7 +159,7 @@ def test_sweeps_draw_anchors_first_and_no_repeats():
 
 
 def test_pinned_space_covers_every_point():
-    from orchestrator.sweep import pinned_space
+    from orchestrator.sweep.trials import pinned_space
 
     points = sample_points(get_space("full"), 8, 1)
     pinned = pinned_space(points)

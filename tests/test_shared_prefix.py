@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.config import load_config
-from orchestrator.shared_prefix import (
+from orchestrator.sweep.shared_prefix import (
     PrefixRun,
     fork_point,
     phase1_steps,

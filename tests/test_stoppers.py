@@ -9,7 +9,7 @@ import pytest
 from ray import cloudpickle
 from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
 
-from orchestrator.stoppers import EvalTrainRatioStopper, would_stop
+from orchestrator.sweep.stoppers import EvalTrainRatioStopper, would_stop
 
 
 def evals(*ratios: float) -> list[dict]:

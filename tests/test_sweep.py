@@ -14,8 +14,9 @@ from ray import tune
 
 from orchestrator.config import load_config
 from orchestrator.errors import UserError
-from orchestrator.sweep import SweepSettings, run_sweep
-from orchestrator.sweep_results import BEST_CONFIG, RESULTS_CSV, read_results_csv
+from orchestrator.sweep.results import BEST_CONFIG, RESULTS_CSV, read_results_csv
+from orchestrator.sweep.run import run_sweep
+from orchestrator.sweep.settings import SweepSettings
 from search_spaces import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,11 +106,11 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
     import torch
     from safetensors.torch import load_file
 
-    from orchestrator.shared_prefix import PREFIX_DIR, read_table
-    from orchestrator.sweep import TRIALS_DIR
-    from orchestrator.telemetry import METRICS_FILE
-    from orchestrator.train_command import run_training
-    from orchestrator.trainer import STUDENT_DIR
+    from orchestrator.sweep.layout import TRIALS_DIR
+    from orchestrator.sweep.shared_prefix import PREFIX_DIR, read_table
+    from orchestrator.train.run import run_training
+    from orchestrator.train.telemetry import METRICS_FILE
+    from orchestrator.train.trainer import STUDENT_DIR
 
     base = base_config(tmp_path)
     forks = {0.75: 30, 0.5: 20, 0.25: 10}  # phase1_end -> its last phase-1 step of MAX_STEPS
@@ -222,7 +223,7 @@ def test_cli_resume_needs_a_sweep_dir(tmp_path, capsys):
 def test_a_sweep_interrupted_before_tune_started_can_resume_and_is_not_overwritten(tmp_path):
     """Ctrl-C while the shared phase-1 prefix trains: Tune has no experiment yet, but the drawn points
     are saved, so --resume can start it; a new sweep into that dir is refused."""
-    from orchestrator.sweep import init_sweep_dir, load_sweep_dir, read_points, write_points
+    from orchestrator.sweep.sweep_dir import init_sweep_dir, load_sweep_dir, read_points, write_points
 
     base = load_config(ROOT / "configs" / "tiny.yaml")
     init_sweep_dir(tmp_path, base, SweepSettings(num_samples=2))
@@ -237,8 +238,8 @@ def test_a_sweep_interrupted_before_tune_started_can_resume_and_is_not_overwritt
 
 
 def test_ctrl_c_before_tune_prints_the_resume_command_once_points_are_saved(tmp_path):
-    from orchestrator.sweep import write_points
-    from orchestrator.sweep_command import resume_hint
+    from orchestrator.commands.sweep import resume_hint
+    from orchestrator.sweep.sweep_dir import write_points
 
     assert resume_hint(tmp_path) is None  # nothing drawn yet: nothing to resume
     write_points(tmp_path, [{"curriculum.phase1_end": 0.3, "curriculum.phase2_end": 0.6}])
@@ -249,7 +250,7 @@ def test_ctrl_c_before_tune_prints_the_resume_command_once_points_are_saved(tmp_
 
 
 def record(status="TERMINATED", steps=(5, 10), ratios=(1.0, 1.0), ppls=(50.0, 40.0)):
-    from orchestrator.sweep_results import TrialRecord
+    from orchestrator.sweep.results import TrialRecord
 
     results = [
         {"step": s, "eval_train_ratio": r, "eval/ppl": p, "config/curriculum.phase1_end": 0.1}
@@ -259,7 +260,7 @@ def record(status="TERMINATED", steps=(5, 10), ratios=(1.0, 1.0), ppls=(50.0, 40
 
 
 def test_stop_reasons():
-    from orchestrator.sweep_results import stop_reason
+    from orchestrator.sweep.results import stop_reason
 
     assert stop_reason(record(steps=(5, 10)), 10, 2.0, 1) == "completed"
     assert stop_reason(record(ratios=(1.0, 2.5)), 20, 2.0, 1) == "eval_train_ratio"
@@ -271,7 +272,7 @@ def test_stop_reasons():
 
 def test_rows_csv_and_best_config(tmp_path):
     from orchestrator.config import config_from_dict
-    from orchestrator.sweep_results import (
+    from orchestrator.sweep.results import (
         best_config,
         pick_best,
         trial_row,
@@ -309,7 +310,7 @@ def test_rows_csv_and_best_config(tmp_path):
 def test_concurrent_trials_fit_the_cluster():
     from orchestrator.config import config_from_dict
     from orchestrator.errors import UserError
-    from orchestrator.sweep import max_concurrent_trials
+    from orchestrator.sweep.run import max_concurrent_trials
 
     one = config_from_dict({"scaling": {"num_workers": 1}})
     two = config_from_dict({"scaling": {"num_workers": 2}})
@@ -324,7 +325,7 @@ def test_concurrent_trials_fit_the_cluster():
 
 
 def test_one_trial_at_a_time_under_asha_tells_the_user_what_it_costs():
-    from orchestrator.sweep import concurrency_note
+    from orchestrator.sweep.run import concurrency_note
 
     one_at_a_time = concurrency_note(1, SweepSettings(scheduler="asha"))
     assert one_at_a_time.startswith("raydistill: 1 trial at a time")

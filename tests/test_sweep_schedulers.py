@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.sweep import SweepSettings, run_sweep
-from orchestrator.sweep_results import RESULTS_CSV, read_results_csv
-from orchestrator.telemetry import METRICS_FILE
+from orchestrator.sweep.results import RESULTS_CSV, read_results_csv
+from orchestrator.sweep.run import run_sweep
+from orchestrator.sweep.settings import SweepSettings
+from orchestrator.train.telemetry import METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -53,7 +54,7 @@ def tiny_sweep_overrides(cache_dir: Path, eval_every: int = 5, max_steps: int = 
 def restarted_results(run_dir: Path) -> dict[str, list[dict]]:
     """Tune results of each trial that Tune restarted from a checkpoint, from its first restarted Train
     run on (the trial driver names its Train runs `run`, then `run_1`, `run_2`, ...)."""
-    from orchestrator.sweep_results import collect_trials
+    from orchestrator.sweep.results import collect_trials
 
     out = {}
     for record in collect_trials(run_dir):
@@ -88,8 +89,8 @@ def test_pbt_never_perturbs_on_a_trials_final_result(monkeypatch):
     """An exploit on the last result would restart the trial with nothing left to train."""
     from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
-    from orchestrator.pbt import FinalResultPBT
-    from orchestrator.sweep import build_scheduler
+    from orchestrator.sweep.pbt import FinalResultPBT
+    from orchestrator.sweep.schedulers import build_scheduler
     from search_spaces import get_space
 
     base = load_config(ROOT / "configs" / "tiny.yaml", tiny_sweep_overrides(Path("unused"), 10))

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from orchestrator import telemetry
-from orchestrator.telemetry import (
+from orchestrator.train import telemetry
+from orchestrator.train.telemetry import (
     METRICS_FILE,
     MetricsCallback,
     ledger,

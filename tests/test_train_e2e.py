@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from orchestrator.config import load_config
-from orchestrator.telemetry import read_metrics
-from orchestrator.train_command import TrainingFailed, run_training
+from orchestrator.train.run import TrainingFailed, run_training
+from orchestrator.train.telemetry import read_metrics
 from workers.curriculum import COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """A sweep trial's workers wait at each eval until Tune has decided on it.
 
 Tune's scheduler judges a trial on its eval results. Its decision (go on, or stop / pause) reaches
-the trial's driver only after Train's controller has relayed the eval record (orchestrator.sweep);
+the trial's driver only after Train's controller has relayed the eval record (orchestrator.sweep.trial_driver);
 without a wait, the workers trained on meanwhile, and a trial stopped at an ASHA rung ran up to
 `train.log_every` steps past it: compute the sweep spent for nothing. So after reporting an eval
 the workers block until the driver writes that step to the decision file (go on) or the stop file

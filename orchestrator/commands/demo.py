@@ -13,7 +13,7 @@ Stages, each announced on the console:
 3. distillation: `configs/demo.yaml` (curriculum, 2 Ray Train workers, DeepSpeed ZeRO-2) via the
    same `run_training` path as `raydistill train`;
 4. report: teacher and student perplexity measured the same way on the same eval sequences, then
-   `<run-dir>/summary.json`, `report.md` and `report.png` (`orchestrator.report`), and a table.
+   `<run-dir>/summary.json`, `report.md` and `report.png` (`orchestrator.report.write`), and a table.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 from orchestrator.config import Config, apply_overrides, config_from_dict, read_yaml
 from orchestrator.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 TEACHER_CONFIG = ROOT / "configs" / "teacher.yaml"
 DEFAULT_RUN_DIR = Path("runs") / "demo"
@@ -129,7 +129,7 @@ def teacher_config(args: argparse.Namespace, distill: Config) -> Config:
 def teacher_cache_key(config: Config, manifest: dict[str, Any]) -> str:
     """Hash of what determines the trained teacher: its resolved config (minus knobs that only change
     logging and checkpoint cadence) and the prepared data's content and tokenizer."""
-    from orchestrator.run_dir import RESUMABLE_CHANGES, _flatten
+    from orchestrator.train.run_dir import RESUMABLE_CHANGES, _flatten
 
     settings = {k: v for k, v in _flatten(config.to_dict()).items() if k not in RESUMABLE_CHANGES}
     settings["data.corpus_hash"] = manifest.get("corpus_hash")
@@ -142,7 +142,7 @@ def choose_run_dir(requested: str | None, config: Config) -> Path:
     """`--run-dir` as given; else runs/demo, or runs/demo-<timestamp> when runs/demo holds another run."""
     import yaml
 
-    from orchestrator.run_dir import CONFIG_FILE, incompatible_keys
+    from orchestrator.train.run_dir import CONFIG_FILE, incompatible_keys
 
     if requested is not None:
         return Path(requested)
@@ -178,7 +178,7 @@ def evaluate_perplexity(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.shards import read_split
+    from orchestrator.data.shards import read_split
 
     started = time.perf_counter()
     sequences = read_split(Path(data_dir) / "eval")  # (N, T) int32
@@ -222,9 +222,9 @@ def _stage(number: int, text: str) -> None:
 def ensure_teacher(args: argparse.Namespace, distill: Config) -> tuple[Path, float | None]:
     """The cached pre-trained teacher (trained now if missing). Returns (model dir, training seconds
     or None when reused)."""
-    from orchestrator.prepare_data import ensure_prepared, read_manifest
-    from orchestrator.train_command import run_training
-    from orchestrator.trainer import PRESET_MAX_POSITIONS, STUDENT_DIR
+    from orchestrator.data.prepare import ensure_prepared, read_manifest
+    from orchestrator.train.run import run_training
+    from orchestrator.train.trainer import PRESET_MAX_POSITIONS, STUDENT_DIR
 
     config = teacher_config(args, distill)
     data_dir = ensure_prepared(config.data, max_positions=PRESET_MAX_POSITIONS)
@@ -249,8 +249,8 @@ def build_summary(
     wall_s: float,
     timings: dict[str, float | None],
 ) -> dict[str, Any]:
-    from orchestrator.report import health_verdict, mean_tokens_per_s
-    from orchestrator.telemetry import read_metrics
+    from orchestrator.report.health import health_verdict, mean_tokens_per_s
+    from orchestrator.train.telemetry import read_metrics
 
     records = read_metrics(run_dir)
     last = records[-1] if records else {}
@@ -276,10 +276,12 @@ def build_summary(
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.prepare_data import ensure_prepared
-    from orchestrator.report import summary_table, verdict_lines, write_report
-    from orchestrator.train_command import run_training
-    from orchestrator.trainer import PRESET_MAX_POSITIONS, prepare_run
+    from orchestrator.data.prepare import ensure_prepared
+    from orchestrator.report.health import verdict_lines
+    from orchestrator.report.markdown import summary_table
+    from orchestrator.report.write import write_report
+    from orchestrator.train.run import run_training
+    from orchestrator.train.trainer import PRESET_MAX_POSITIONS, prepare_run
     from workers.presets import preset_name
 
     if args.eval_sequences < 0:

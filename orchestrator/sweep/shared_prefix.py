@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, config_from_dict
+from orchestrator.errors import root_cause
+from orchestrator.sweep.layout import EVAL_METRIC
 
 BOUNDARY_KEYS = ("phase1_end", "phase2_end")
 PREFIX_DIR = "prefixes"
@@ -152,8 +154,7 @@ def fork_point(config: Config, table: dict[str, PrefixRun]) -> tuple[str, int] |
 def prefix_evals(sweep_dir: Path, config: Config, fork_step: int) -> list[dict[str, Any]]:
     """The prefix run's eval records up to `fork_step`: the results a trial forking there would have
     reported itself had it trained from step 0 (its steps up to the fork are the prefix's steps)."""
-    from orchestrator.sweep import EVAL_METRIC
-    from orchestrator.telemetry import METRICS_FILE, read_metrics
+    from orchestrator.train.telemetry import METRICS_FILE, read_metrics
 
     records = read_metrics(sweep_dir / PREFIX_DIR / prefix_key(config) / METRICS_FILE)
     return [r for r in records if EVAL_METRIC in r and r["step"] <= fork_step]
@@ -188,10 +189,9 @@ def checkpoints_by_step(run_dir: Path) -> dict[int, str]:
 def train_prefix(run: PrefixRun, sweep_dir: Path, prepared) -> PrefixRun:
     """Train one prefix run (or finish an interrupted one: Ray Train resumes the same run dir) and
     return it with its checkpoints filled in."""
-    from orchestrator.errors import root_cause
-    from orchestrator.telemetry import MetricsCallback
-    from orchestrator.train_command import TrainingFailed
-    from orchestrator.trainer import PreparedRun, build_trainer
+    from orchestrator.train.run import TrainingFailed
+    from orchestrator.train.telemetry import MetricsCallback
+    from orchestrator.train.trainer import PreparedRun, build_trainer
 
     config = config_from_dict(run.config)
     root = sweep_dir / PREFIX_DIR / run.key

@@ -1,6 +1,5 @@
-"""`raydistill prepare-data`: corpus -> tokenizer + train/eval Parquet shards + manifest.json.
-
-    raydistill prepare-data --corpus stdlib --out data/stdlib --train-tokenizer 4096 --seq-len 128
+"""Data preparation: corpus -> tokenizer + train/eval Parquet shards + manifest.json (the steps behind
+`raydistill prepare-data`, orchestrator.commands.prepare_data).
 
 The steps live in `corpus` (files -> documents), `tokenizer_training` (BPE or the teacher's tokenizer)
 and `shards` (packing, split, Parquet, manifest; the on-disk layout is described there). This module
@@ -17,8 +16,6 @@ imports this module at start-up for every command.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import json
 import sys
@@ -28,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.config import DataConfig
-from orchestrator.corpus import STDLIB, Corpus, read_corpus
+from orchestrator.data.corpus import STDLIB, Corpus, read_corpus
 from orchestrator.errors import UserError
 
 # Same values as `shards.MANIFEST` / the shard size default (not imported from there: shards pulls in pyarrow).
@@ -88,7 +85,7 @@ class _Progress:
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of a prepared dir (`path` = the dir or its manifest.json). Raises `UserError`."""
-    from orchestrator.shards import read_manifest as _read
+    from orchestrator.data.shards import read_manifest as _read
 
     return _read(path)
 
@@ -133,7 +130,7 @@ class _Plan:
 
 
 def _plan(data_cfg: DataConfig, rows_per_shard: int, progress: _Progress) -> _Plan:
-    from orchestrator.shards import FORMAT_VERSION
+    from orchestrator.data.shards import FORMAT_VERSION
 
     started = time.monotonic()
     corpus = read_corpus(
@@ -149,7 +146,7 @@ def _plan(data_cfg: DataConfig, rows_per_shard: int, progress: _Progress) -> _Pl
     )
     pretrained = None
     if data_cfg.tokenizer is not None:
-        from orchestrator.tokenizer_training import load_pretrained, tokenizer_hash
+        from orchestrator.data.tokenizer_training import load_pretrained, tokenizer_hash
 
         pretrained = load_pretrained(data_cfg.tokenizer)
         tokenizer_spec = f"sha256:{tokenizer_hash(pretrained)}"
@@ -212,7 +209,7 @@ def _reusable(out: Path, plan: _Plan) -> dict[str, Any] | None:
 
 
 def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
-    from orchestrator import shards, tokenizer_training
+    from orchestrator.data import shards, tokenizer_training
 
     cfg, corpus = plan.data_cfg, plan.corpus
     with shards.staging_dir(out) as staging:
@@ -392,89 +389,3 @@ def _same_tokens_in_cache(cache_root: Path, plan: _Plan) -> Path | None:
         if manifest.get("tokenizer_hash") == tokenizer_hash and not _differences(manifest, others):
             return manifest_path.parent
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI.
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = DataConfig()
-    parser.add_argument(
-        "--corpus",
-        required=True,
-        metavar="PATH|stdlib",
-        help="a directory (text files below it), a file, a glob, or 'stdlib' (the Python standard library)",
-    )
-    parser.add_argument(
-        "--out", required=True, metavar="DIR", help="output dir (new, empty, or a matching earlier output)"
-    )
-    tok = parser.add_mutually_exclusive_group()
-    tok.add_argument("--tokenizer", metavar="PATH_OR_ID", help="use this tokenizer (e.g. the teacher's)")
-    tok.add_argument(
-        "--train-tokenizer",
-        type=int,
-        metavar="VOCAB_SIZE",
-        help=f"train a byte-level BPE of this vocab size on the corpus (the default, {defaults.vocab_size})",
-    )
-    parser.add_argument(
-        "--seq-len", type=int, default=defaults.seq_len, help="tokens per sequence (%(default)s)"
-    )
-    parser.add_argument(
-        "--eval-fraction",
-        type=float,
-        default=defaults.eval_fraction,
-        help="share of tokens held out for eval, by whole documents (%(default)s)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=defaults.seed, help="split / file-sample seed (%(default)s)"
-    )
-    parser.add_argument("--max-files", type=int, default=None, help="read at most N files (a seeded sample)")
-    parser.add_argument(
-        "--max-positions",
-        type=int,
-        default=None,
-        help="the model's max positions: refuse a longer --seq-len (read from --tokenizer's config.json if absent)",
-    )
-    parser.add_argument(
-        "--rows-per-shard",
-        type=int,
-        default=ROWS_PER_SHARD,
-        help="max sequences per Parquet shard (%(default)s)",
-    )
-
-
-def _check_flags(args: argparse.Namespace) -> None:
-    from orchestrator.tokenizer_training import MIN_VOCAB_SIZE
-
-    if args.train_tokenizer is not None and args.train_tokenizer < MIN_VOCAB_SIZE:
-        raise UserError(
-            f"--train-tokenizer {args.train_tokenizer}: must be >= {MIN_VOCAB_SIZE} (bytes + special tokens)"
-        )
-    if args.seq_len < 8:
-        raise UserError(f"--seq-len {args.seq_len}: must be >= 8")
-    if not 0.0 < args.eval_fraction < 0.5:
-        raise UserError(f"--eval-fraction {args.eval_fraction}: must be in (0, 0.5)")
-    if args.max_files is not None and args.max_files < 1:
-        raise UserError(f"--max-files {args.max_files}: must be >= 1")
-    if args.max_positions is not None and args.max_positions < 1:
-        raise UserError(f"--max-positions {args.max_positions}: must be >= 1")
-    if args.rows_per_shard < 1:
-        raise UserError(f"--rows-per-shard {args.rows_per_shard}: must be >= 1")
-
-
-def run(args: argparse.Namespace) -> int:
-    _check_flags(args)
-    defaults = DataConfig()
-    data_cfg = dataclasses.replace(
-        defaults,
-        source=args.corpus,
-        tokenizer=args.tokenizer,
-        vocab_size=args.train_tokenizer if args.train_tokenizer is not None else defaults.vocab_size,
-        seq_len=args.seq_len,
-        eval_fraction=args.eval_fraction,
-        max_files=args.max_files,
-        seed=args.seed,
-    )
-    prepare(data_cfg, args.out, max_positions=args.max_positions, rows_per_shard=args.rows_per_shard)
-    return 0

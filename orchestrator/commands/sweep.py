@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 
 from orchestrator.errors import RunFailed, UserError
+from orchestrator.sweep.layout import POINTS_FILE
+from orchestrator.sweep.settings import SweepSettings
 
 DEFAULT_NUM_SAMPLES = 8
 
@@ -80,9 +82,7 @@ def default_run_dir(config_path: str, space: str) -> Path:
     return Path("runs") / f"sweep-{Path(config_path).stem}-{space}"
 
 
-def _settings(args: argparse.Namespace):
-    from orchestrator.sweep import SweepSettings
-
+def _settings(args: argparse.Namespace) -> SweepSettings:
     return SweepSettings(
         space=args.space,
         num_samples=args.num_samples,
@@ -100,8 +100,6 @@ def resume_hint(run_dir: Path) -> str | None:
 
     Tune prints nothing then, but the drawn points are saved before the prefix trains, so
     `--resume` can start the sweep from there; before that there is nothing to resume."""
-    from orchestrator.sweep import POINTS_FILE
-
     if not (run_dir / POINTS_FILE).exists():
         return None
     return f"raydistill: interrupted; continue with: raydistill sweep --resume {run_dir}"
@@ -109,8 +107,9 @@ def resume_hint(run_dir: Path) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
-    from orchestrator.sweep import load_sweep_dir, run_sweep
-    from orchestrator.sweep_results import BEST_CONFIG, RESULTS_CSV, format_table
+    from orchestrator.sweep.results import BEST_CONFIG, RESULTS_CSV, format_table
+    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.sweep_dir import load_sweep_dir
     from search_spaces import SPACES
 
     if args.resume is not None:

@@ -1,35 +1,12 @@
-"""`raydistill train --config PATH [--set k=v ...] [--run-dir DIR]`."""
+"""One training run to the end: data, the local Ray session, the TorchTrainer, the exported student,
+then its report and health verdict."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from orchestrator.config import Config, load_config
+from orchestrator.config import Config
 from orchestrator.errors import RunFailed, root_cause
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)",
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--run-dir", default=None, help="run directory (default runs/<config name>); reused to resume"
-    )
-
-
-def default_run_dir(config_path: str) -> Path:
-    return Path("runs") / Path(config_path).stem
 
 
 def _workers(count: int) -> str:
@@ -40,10 +17,10 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     """Prepare data, run the TorchTrainer to the end, return the exported student's path.
 
     `faults` (tests only) is passed to workers.faults.FaultInjector."""
-    from orchestrator.ray_session import ensure_ray
-    from orchestrator.run_dir import prepare_run_dir
-    from orchestrator.telemetry import MetricsCallback
-    from orchestrator.trainer import STUDENT_DIR, build_trainer, prepare_run
+    from orchestrator.train.ray_session import ensure_ray
+    from orchestrator.train.run_dir import prepare_run_dir
+    from orchestrator.train.telemetry import MetricsCallback
+    from orchestrator.train.trainer import STUDENT_DIR, build_trainer, prepare_run
 
     run_dir = run_dir.resolve()
     resuming = prepare_run_dir(run_dir, config)
@@ -69,19 +46,11 @@ class TrainingFailed(RunFailed):
     pass
 
 
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
-    student = run_training(config, run_dir)
-    print(f"raydistill: student saved to {student} (load it with AutoModelForCausalLM.from_pretrained)")
-    print_health(student.parent)
-    return 0
-
-
 def print_health(run_dir: Path) -> None:
     """Write report.md / report.png and end the console output with the health verdict."""
-    from orchestrator.report import health_verdict, write_report
-    from orchestrator.telemetry import read_metrics
+    from orchestrator.report.health import health_verdict
+    from orchestrator.report.write import write_report
+    from orchestrator.train.telemetry import read_metrics
 
     md, png = write_report(run_dir)
     print(f"raydistill: report in {md} and {png}")

@@ -4,7 +4,7 @@ Rows are built from the Tune experiment on disk, so they can be written again fo
 interrupted sweep. Each trial's stop reason is one of:
 
   completed         ran to train.max_steps
-  eval_train_ratio  stopped by EvalTrainRatioStopper (replayed on its results, orchestrator.stoppers)
+  eval_train_ratio  stopped by EvalTrainRatioStopper (replayed on its results, orchestrator.sweep.stoppers)
   scheduler         stopped early by the scheduler (ASHA / HyperBand / PBT)
   error             the trial failed
   interrupted       the sweep stopped before the trial finished (`raydistill sweep --resume DIR`)
@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, config_from_dict
-from orchestrator.stoppers import would_stop
+from orchestrator.sweep.layout import CONFIG_PREFIX, EVAL_METRIC, START_STEP, TRIALS_DIR, TUNE_DIR
+from orchestrator.sweep.stoppers import would_stop
+from orchestrator.sweep.trials import apply_params, sampled_params
 
 RESULTS_CSV = "sweep_results.csv"
 BEST_CONFIG = "best_config.yaml"
 # steps: the last step the trial reached; start_step: where its first Train run began (> 0 when it
-# started from a phase-1 prefix it shares with other trials, orchestrator.shared_prefix).
+# started from a phase-1 prefix it shares with other trials, orchestrator.sweep.shared_prefix).
 SUMMARY_COLUMNS = (
     "final_eval_ppl",
     "best_eval_ppl",
@@ -65,8 +67,6 @@ def _float(value: Any) -> float:
 
 def effective_params(record: TrialRecord) -> dict[str, Any]:
     """The trial's sampled values, as last trained (the driver reports them as `config/<key>`)."""
-    from orchestrator.sweep import CONFIG_PREFIX
-
     params = dict(record.params)
     if record.results:
         last = record.results[-1]
@@ -91,8 +91,6 @@ def stop_reason(record: TrialRecord, max_steps: int, max_ratio: float, grace_eva
 
 
 def trial_row(record: TrialRecord, max_steps: int, max_ratio: float, grace_evals: int) -> dict[str, Any]:
-    from orchestrator.sweep import EVAL_METRIC, START_STEP
-
     ppls = [_float(r.get(EVAL_METRIC)) for r in record.results]
     ppls = [p for p in ppls if math.isfinite(p)]
     last = record.results[-1] if record.results else {}
@@ -129,8 +127,6 @@ def write_results_csv(path: Path, rows: list[dict[str, Any]], param_keys: list[s
 
 
 def best_config(base: dict[str, Any], best: dict[str, Any], param_keys: list[str]) -> Config:
-    from orchestrator.sweep import apply_params
-
     return config_from_dict(apply_params(base, {k: best[k] for k in param_keys if k in best}))
 
 
@@ -159,8 +155,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def collect_trials(run_dir: Path) -> list[TrialRecord]:
     from ray.tune import ExperimentAnalysis
 
-    from orchestrator.sweep import TRIALS_DIR, TUNE_DIR, sampled_params
-    from orchestrator.telemetry import METRICS_FILE
+    from orchestrator.train.telemetry import METRICS_FILE
 
     analysis = ExperimentAnalysis(str(run_dir / TUNE_DIR))
     records = []

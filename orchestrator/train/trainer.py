@@ -62,7 +62,7 @@ def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver."""
     import dataclasses
 
-    from orchestrator.prepare_data import ensure_prepared, read_manifest
+    from orchestrator.data.prepare import ensure_prepared, read_manifest
 
     check_vocabularies(config)
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]

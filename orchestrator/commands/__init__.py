@@ -1,0 +1,1 @@
+"""One module per `raydistill` sub-command: its arguments, `run`, and its console output."""

@@ -1,0 +1,1 @@
+"""Data preparation: corpus files -> tokenizer -> packed train/eval Parquet shards + manifest."""

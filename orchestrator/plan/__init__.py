@@ -1,0 +1,1 @@
+"""`raydistill plan`'s model: per-GPU memory of a teacher/student pair under each ZeRO option."""

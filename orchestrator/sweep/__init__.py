@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over distillation configs: trials, trial driver, schedulers, shared prefixes, results."""
