@@ -18,8 +18,9 @@ import yaml
 
 from orchestrator.errors import ConfigError
 
-KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
-FEATURE_NORMS = ("none", "layernorm", "std", "cosine")
+# Shared with the loss code; workers.loss_kinds imports no torch, so CLI start-up stays fast.
+from workers.loss_kinds import FEATURE_NORMS, KD_KINDS
+
 # "auto": bf16 where the worker's hardware computes it natively, else fp32 (workers/precision.py).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 # The frozen teacher only runs forward: "auto" = bf16 where the student trains in bf16 or the

@@ -11,7 +11,8 @@ from typing import Any
 
 from ray import tune
 
-FEATURE_NORMS = ("none", "layernorm", "std", "cosine")
+from workers.loss_kinds import FEATURE_NORMS
+
 FEATURE_ALPHAS = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 SPACE: dict[str, Any] = {

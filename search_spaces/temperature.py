@@ -11,8 +11,9 @@ from typing import Any
 
 from ray import tune
 
+from workers.loss_kinds import KD_KINDS
+
 KD_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
-KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 SPACE: dict[str, Any] = {
     "loss.kd_temperature": tune.choice(list(KD_TEMPERATURES)),

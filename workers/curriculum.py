@@ -1,6 +1,6 @@
 """The curriculum: which loss components are on, and how strongly, at training progress p.
 
-This is the contract in DESIGN.md ("The curriculum"), with p = step / total_steps in [0, 1]:
+With p = step / total_steps in [0, 1]:
 
 | phase | progress      | ce       | kd       | feature                              | attention       |
 | ----- | ------------- | -------- | -------- | ------------------------------------ | --------------- |
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 COMPONENTS = ("ce", "kd", "feature", "attention")
 
@@ -133,3 +134,14 @@ class CurriculumSchedule:
             f"CurriculumSchedule(phase1_end={self.phase1_end!r}, phase2_end={self.phase2_end!r}, "
             f"alpha={self.alpha!r}, enabled={self.enabled!r})"
         )
+
+
+def schedule_from_config(curriculum: Mapping[str, Any], loss: Mapping[str, Any]) -> CurriculumSchedule:
+    """A run's schedule from the `curriculum` and `loss` sections of its resolved config (`Config.to_dict()`,
+    a run dir's config.yaml): the one construction the workers, the report and the sweep all use."""
+    return CurriculumSchedule(
+        phase1_end=curriculum["phase1_end"],
+        phase2_end=curriculum["phase2_end"],
+        alpha={name: loss[f"alpha_{name}"] for name in COMPONENTS},
+        enabled=curriculum.get("enabled", True),
+    )

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workers.curriculum import COMPONENTS, CurriculumSchedule
-from workers.losses import FEATURE_NORMS, KD_KINDS, attention_loss, ce_loss, feature_loss, kd_loss
+from workers.curriculum import COMPONENTS, CurriculumSchedule, schedule_from_config
+from workers.loss_kinds import FEATURE_NORMS, KD_KINDS
+from workers.losses import attention_loss, ce_loss, feature_loss, kd_loss
 
 _TEACHER_COMPONENTS = ("kd", "feature", "attention")
 
@@ -222,12 +223,7 @@ class DistillationLoss(nn.Module):
             {"enabled", "phase1_end", "phase2_end"},
             {"phase1_end", "phase2_end"},
         )
-        schedule = CurriculumSchedule(
-            phase1_end=curriculum_cfg["phase1_end"],
-            phase2_end=curriculum_cfg["phase2_end"],
-            alpha={name: loss_cfg[f"alpha_{name}"] for name in COMPONENTS},
-            enabled=curriculum_cfg.get("enabled", True),
-        )
+        schedule = schedule_from_config(curriculum_cfg, loss_cfg)
         knobs = {key: loss_cfg[key] for key in loss_keys if key in loss_cfg and not key.startswith("alpha_")}
         return cls(
             schedule,

@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
-FEATURE_NORMS = ("none", "layernorm", "std", "cosine")
+from workers.loss_kinds import FEATURE_NORMS, KD_KINDS
 
 # Floor for probabilities before log in attention_loss: causally masked keys have probability
 # exactly 0, and log(0) = -inf would turn 0 * -inf into NaN.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.report.format import fmt
-from orchestrator.train.telemetry import COMPONENTS
+from workers.curriculum import COMPONENTS
 
 MAX_EVAL_TRAIN_RATIO = 2.0
 MAX_PART_DOMINANCE = 10.0

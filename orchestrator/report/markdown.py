@@ -8,7 +8,7 @@ from typing import Any
 from orchestrator.report.format import count, duration, fmt
 from orchestrator.report.health import health_verdict, verdict_lines
 from orchestrator.report.plots import REPORT_PNG
-from orchestrator.train.telemetry import COMPONENTS
+from workers.curriculum import COMPONENTS
 
 REPORT_MD = "report.md"
 

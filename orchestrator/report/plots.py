@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.report.health import MAX_EVAL_TRAIN_RATIO, eval_records
-from orchestrator.train.telemetry import COMPONENTS
+from workers.curriculum import COMPONENTS, schedule_from_config
 
 REPORT_PNG = "report.png"
 PHASE_COLOURS = {1: "#f2f2f2", 2: "#e3ecf7", 3: "#e6f3e6"}
@@ -32,11 +32,7 @@ def schedule_of(run_config: dict[str, Any] | None):
     """The run's curriculum schedule from its resolved config (config.yaml), or None."""
     if not run_config:
         return None
-    from workers.curriculum import CurriculumSchedule
-
-    loss, cur = run_config["loss"], run_config["curriculum"]
-    alpha = {c: loss[f"alpha_{c}"] for c in COMPONENTS}
-    return CurriculumSchedule(cur["phase1_end"], cur["phase2_end"], alpha, cur["enabled"])
+    return schedule_from_config(run_config["curriculum"], run_config["loss"])
 
 
 def _schedule_spans(schedule, max_steps: int) -> list[tuple[int, float, float]]:

@@ -35,6 +35,7 @@ from typing import Any
 from orchestrator.config import Config, config_from_dict
 from orchestrator.errors import root_cause
 from orchestrator.sweep.layout import EVAL_METRIC
+from workers.curriculum import schedule_from_config
 
 BOUNDARY_KEYS = ("phase1_end", "phase2_end")
 PREFIX_DIR = "prefixes"
@@ -46,11 +47,8 @@ BOOKKEEPING_KEYS = ("log_every", "checkpoint_every", "checkpoints_to_keep", "deb
 def phase1_steps(config: Config) -> int:
     """Steps from 0 trained in phase 1: step k (0-based) trains at progress k / max_steps, as the
     worker loop does, and is in phase 1 when that progress is below curriculum.phase1_end."""
-    from workers.curriculum import CurriculumSchedule
-
-    cur, loss = config.curriculum, config.loss
-    alpha = {c: getattr(loss, f"alpha_{c}") for c in ("ce", "kd", "feature", "attention")}
-    schedule = CurriculumSchedule(cur.phase1_end, cur.phase2_end, alpha, cur.enabled)
+    resolved = config.to_dict()
+    schedule = schedule_from_config(resolved["curriculum"], resolved["loss"])
     max_steps = config.train.max_steps
     steps = 0
     while steps < max_steps and schedule.phase(steps / max_steps) == 1:

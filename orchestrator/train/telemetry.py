@@ -16,7 +16,9 @@ from typing import Any
 
 from ray.train import UserCallback
 
-COMPONENTS = ("ce", "kd", "feature", "attention")
+# The loss parts' names live with the schedule (pure python, no torch: cheap to import here).
+from workers.curriculum import COMPONENTS
+
 METRICS_FILE = "metrics.jsonl"
 
 
