@@ -255,7 +255,7 @@ class ReferenceLoop:
         )
 
     def weights(self, phase: int) -> dict[str, float]:
-        # Phase 1: ce + kd; phase 3: everything (the curriculum table in DESIGN.md).
+        # Phase 1: ce + kd; phase 3: everything (the curriculum table in workers/curriculum.py).
         return {c: (a if phase == 3 or c in ("ce", "kd") else 0.0) for c, a in self.alpha.items()}
 
     def _forward(self, model, batch, hidden: bool, attentions: bool):

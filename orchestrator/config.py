@@ -96,7 +96,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     checkpoints_to_keep: int = 2
     seed: int = 0
-    # Consecutive non-finite steps tolerated before the run stops (DESIGN invariant 4).
+    # Consecutive non-finite steps tolerated before the run stops with an error (a NaN must never
+    # silently kill a run; skipped steps never reach the optimizer).
     max_nonfinite_in_a_row: int = 10
     # >0 prints the full loss ledger every N steps.
     debug_every: int = 0

@@ -12,7 +12,7 @@ an implementation detail of the sampler: it is not a config key and does not app
 config, only the resulting `curriculum.phase1_end` does.
 
 Why the space reaches down to 0: phase2_end == 0 puts every component on from step 0, which is the
-same schedule as no curriculum at all. Measured by hand on the demo's kind of setup (DESIGN.md), the
+same schedule as no curriculum at all. Measured by hand on the demo's kind of setup (1.4M student, 6.8M teacher, 600 steps), the
 seed's 0.3/0.6 boundaries gave eval ppl 33.9 where every part from the start gave 28.5, so "no
 curriculum" must be a point the search can find. The seed point 0.3/0.6 is in the space too
 (0.6 * 1/2). `ANCHORS` puts "no curriculum" first in every sweep of this space, so a sweep's

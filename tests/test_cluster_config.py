@@ -148,7 +148,7 @@ def test_gpu_config_is_a_real_cloud_run(gpu_config):
 def test_gpu_config_describes_itself():
     text = GPU_YAML.read_text()
     assert "raydistill train --config configs/gpu.yaml" in text.split("\nteacher:")[0]
-    # Every top-level section and every key carries a comment somewhere above it (STYLE 12).
+    # Every top-level section and every key carries a comment somewhere above it (the file describes itself).
     assert text.count("#") >= 40
 
 

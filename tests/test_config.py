@@ -1,4 +1,4 @@
-"""The typed run config: defaults <- YAML <- `--set`, and every refusal names the dotted key (STYLE 4, 5).
+"""The typed run config: defaults <- YAML <- `--set`, and every refusal names the dotted key.
 
 No Ray, no DeepSpeed: `orchestrator.config` is plain data and PyYAML.
 """
@@ -429,7 +429,7 @@ def test_to_dict_is_plain_data_for_workers():
 
 
 # ---------------------------------------------------------------------------------------------
-# Every shipped config (STYLE 9, 12): loads, validates, and says how to run it.
+# Every shipped config loads, validates, and says how to run it (a config file describes itself).
 
 
 def test_configs_exist():

@@ -1,4 +1,4 @@
-"""The curriculum contract (DESIGN.md table) at and around both phase boundaries."""
+"""The curriculum contract (the phase table in workers/curriculum.py) at and around both phase boundaries."""
 
 import math
 import pickle

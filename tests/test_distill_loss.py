@@ -1,4 +1,5 @@
-"""DistillationLoss: the curriculum invariants (DESIGN 1-3), layer maps, and real tiny HF models."""
+"""DistillationLoss: the curriculum invariants (total is the sum of the parts, a zero-weight part is not
+computed, eval uses the training weights), layer maps, and real tiny HF models."""
 
 import math
 from types import SimpleNamespace

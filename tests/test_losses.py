@@ -279,7 +279,7 @@ def test_kd_gradients_are_finite_and_nonzero(kind, beta):
 
 
 def test_kd_is_a_token_mean_so_micro_batches_combine_by_token_count():
-    """STYLE 3: the batch value is the token-weighted mean of its parts, whatever the mask sizes."""
+    """Normalised by tokens: the batch value is the token-weighted mean of its parts, whatever the mask sizes."""
     mask = token_mask()
     mask[1, 1:4] = False  # 1 token in row 1, 3 in row 0
     student, teacher = randn(B, T, V, seed=1), randn(B, T, V, seed=2)

@@ -2,8 +2,10 @@
 
 It owns the trained student->teacher projectors (so the caller puts it in the DeepSpeed engine
 next to the student), asks the schedule for the weights at the current progress, computes only
-the components whose weight is > 0 (DESIGN invariant 2), and builds `total` as the sum of the
-scaled parts it reports (invariant 1). The same call serves training and eval (invariant 3).
+the components whose weight is > 0 (so phase 1 asks neither model for hidden states or attention
+maps), and builds `total` as the sum of the scaled parts it reports (so the logged total is the sum
+of the logged parts). The same call serves training and eval, so eval never adds a part that
+training has switched off.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class LossBreakdown:
     weights: the schedule's weight of every component in `COMPONENTS`.
     scaled: weight * raw of each computed component.
     num_tokens: unmasked tokens in the batch; weight micro-batches by it to normalise by tokens
-        over a gradient-accumulation window (STYLE 3).
+        over a gradient-accumulation window (so masks of different sizes do not change the gradient).
     """
 
     total: Tensor

@@ -164,7 +164,7 @@ def feature_loss(
         student_hidden: (B, T, H), already projected to the teacher's width H.
         teacher_hidden: (B, T, H).
         norm: how scale is removed before comparing, so a raw MSE in the thousands cannot swamp a
-            KD loss of ~2 (DESIGN "Why this exists"):
+            KD loss of ~2:
             "none": MSE, mean over H (scale-dependent, for reference);
             "layernorm": MSE of layer_norm(.) of both sides, no affine (per-token scale removed);
             "std": MSE / (Var(teacher) + eps), the variance taken over every element of the kept

@@ -1,10 +1,10 @@
 """One optimizer step and one eval pass of the distillation loop, usable inside or outside Ray.
 
-Token normalisation (DESIGN invariant 5, STYLE 3): every micro-batch loss is a per-token mean; for
+Token normalisation: every micro-batch loss is a per-token mean; for
 backward it is weighted by its share of the tokens in the whole accumulation window across ranks, so
 masks of different sizes do not change the gradient. Logged values stay per-token means.
 
-Non-finite handling (invariant 4): a micro-batch whose loss has a non-finite component on any rank
+Non-finite handling (a NaN must never reach the optimizer): a micro-batch whose loss has a non-finite component on any rank
 has its loss replaced on every rank by a zero surrogate (exactly-zero gradients), and the window's
 optimizer step runs with lr 0 so parameters do not move (AdamW's moments still decay by one step).
 """

@@ -1,4 +1,5 @@
-"""Tune stoppers for distillation sweeps: small, picklable, state keyed by trial id (STYLE 7).
+"""Tune stoppers for distillation sweeps: small, state keyed by trial id, picklable (Tune saves them in
+its experiment state for --resume) and testable without a cluster.
 
 `EvalTrainRatioStopper` stops a trial whose `eval_train_ratio` (eval total loss over the train total
 at the same weights, reported by the worker loop at each eval) goes above `max_ratio`, after
