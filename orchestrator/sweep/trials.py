@@ -1,11 +1,7 @@
-"""Trial configs: the sweep's trials drawn up front from a search space, and their sampled dotted keys
-applied to the base config.
+"""Trial configs: a sweep's trials and their sampled dotted keys applied to the base config.
 
-All trials are drawn up front (`sample_points`: the space's anchors first, no repeats,
-seeded) and handed to Tune as points to evaluate, so `--seed` repeats a sweep whatever the scheduler.
-Trials whose configs differ only in their phase boundaries share their phase-1 steps: those are
-trained once, before the Tuner starts, and each such trial starts from the checkpoint at its own
-phase-1 end (orchestrator.sweep.shared_prefix).
+All trials are drawn up front (`sample_points`: the space's anchors first, no repeats, seeded) and
+handed to Tune as points to evaluate, so `--seed` repeats a sweep whatever the scheduler.
 """
 
 from __future__ import annotations
