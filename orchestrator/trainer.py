@@ -62,8 +62,10 @@ def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver."""
     import dataclasses
 
+    from orchestrator.preflight import check_model_specs
     from orchestrator.prepare_data import ensure_prepared, read_manifest
 
+    check_model_specs(config)  # a missing local path is refused before transformers asks the hub
     check_vocabularies(config)
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
     max_positions = min(limits) if limits else PRESET_MAX_POSITIONS
