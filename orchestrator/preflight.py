@@ -76,7 +76,9 @@ def check_seq_len_fits(config: Config) -> None:
             continue
         real = True
         if seq_len > limit:
-            raise UserError(f"data.seq_len={seq_len}: larger than {key} {spec!r}'s max positions {limit}")
+            raise UserError(
+                f"data.seq_len={seq_len}: larger than the max positions of {key} {spec!r} ({limit})"
+            )
     if not real and seq_len > PRESET_MAX_POSITIONS:
         raise UserError(
             f"data.seq_len={seq_len}: larger than the preset models' max positions {PRESET_MAX_POSITIONS}"

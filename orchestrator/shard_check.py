@@ -37,7 +37,7 @@ def check_split(directory: Path, expected_rows: Any, column: str) -> None:
             raise UserError(
                 f"{shard}: not a readable Parquet file ({_first_line(exc)}); {PREPARE_AGAIN}"
             ) from None
-        if column not in metadata.schema.names:
+        if column not in metadata.schema.to_arrow_schema().names:  # Parquet names list leaves "element"
             raise UserError(f"{shard}: has no column {column!r}; {PREPARE_AGAIN}")
         rows += metadata.num_rows
     # Manifests record the row count of each split; a shard deleted or replaced shows up here.
