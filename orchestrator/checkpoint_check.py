@@ -87,7 +87,8 @@ def recorded_checkpoints(run_dir: Path) -> list[tuple[Path, dict[str, list[int]]
     """(checkpoint dir, recorded shapes) of every checkpoint in `run_dir` that records them (those
     written before shapes were recorded are left to DeepSpeed)."""
     found = []
-    for directory in sorted(p for p in run_dir.glob(CHECKPOINT_GLOB) if p.is_dir()):
+    # Newest first: the one Ray Train resumes from is named when several do not fit.
+    for directory in sorted((p for p in run_dir.glob(CHECKPOINT_GLOB) if p.is_dir()), reverse=True):
         state_file = directory / STATE_FILE
         if not state_file.is_file():
             continue

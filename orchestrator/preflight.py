@@ -88,22 +88,15 @@ def check_seq_len_fits(config: Config) -> None:
 def check_data_source(config: Config) -> None:
     """A prepared dir: its manifest, seq_len and shards. A corpus dir, file or glob: at least one file."""
     from orchestrator.corpus import STDLIB, resolve_files
-    from orchestrator.prepare_data import MANIFEST, read_manifest
+    from orchestrator.prepare_data import MANIFEST, ensure_prepared
 
     source = config.data.source
     if source == STDLIB:
         return
     path = Path(source).expanduser()
     if (path / MANIFEST).is_file():
-        from orchestrator.shard_check import check_prepared_shards
-
-        manifest = read_manifest(path)
-        if manifest.get("seq_len") != config.data.seq_len:
-            raise UserError(
-                f"data.source {path} was prepared with seq_len {manifest.get('seq_len')}, "
-                f"but data.seq_len is {config.data.seq_len}"
-            )
-        check_prepared_shards(path, manifest)
+        # A prepared dir is only read (manifest, seq_len, shard footers), never written, by this.
+        ensure_prepared(config.data)
         return
     try:
         _, root, files = resolve_files(source)
