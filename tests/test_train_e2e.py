@@ -4,6 +4,7 @@ engines (gloo on CPU), real Hugging Face models saved and loaded. No mocks."""
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,44 @@ def test_checkpoints_hold_deepspeed_format_and_rerun_resumes_to_the_same_student
     assert before.keys() == after.keys()
     for key in before:
         torch.testing.assert_close(before[key], after[key], rtol=0, atol=0)
+
+
+def test_checkpoints_copied_in_from_a_wider_run_are_refused_before_ray(
+    zero2_run, tiny_data_dir, tmp_path, monkeypatch, capsys
+):
+    """Run dir of a narrower student holding the zero2 run's real DeepSpeed checkpoints (and Ray's
+    snapshot naming them): one line naming the checkpoint and the first parameter that differs, exit 2,
+    before Ray is asked for workers; nothing in the run dir changes."""
+    from orchestrator import ray_session
+    from orchestrator.cli import main
+
+    source, _ = zero2_run
+    monkeypatch.setattr(ray_session, "ensure_ray", lambda *a, **k: pytest.fail("Ray reached"))
+    narrower = make_config(tiny_data_dir, "deepspeed.zero_stage=2", "derive.hidden_size=32")
+    config_file = tmp_path / "narrow.yaml"
+    config_file.write_text(narrower.to_yaml())
+    run_dir = tmp_path / "narrow"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(narrower.to_yaml())
+    shutil.copy2(source / "checkpoint_manager_snapshot.json", run_dir)
+    for checkpoint in source.glob("checkpoint_*/"):
+        shutil.copytree(checkpoint, run_dir / checkpoint.name)
+    kept = [p for p in run_dir.rglob("*") if p.is_file() and p.name != "config.yaml"]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept}
+    assert len(before) > 10  # DeepSpeed's files of both checkpoints, Ray's snapshot
+    capsys.readouterr()
+    assert main(["train", "--config", str(config_file), "--run-dir", str(run_dir)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    newest = max(run_dir.glob("checkpoint_*/"))
+    assert len(lines) == 1 and lines[0].startswith(f"raydistill: error: checkpoint {newest} does not fit"), (
+        lines
+    )
+    assert (
+        "parameter student.model.embed_tokens.weight has shape [512, 64] in the checkpoint, [512, 32]"
+        in lines[0]
+    )
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
+    assert (run_dir / "config.yaml").read_text() == narrower.to_yaml()
 
 
 def test_worker_crash_restarts_from_checkpoint_and_matches_uninterrupted_run(

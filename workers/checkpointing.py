@@ -3,7 +3,7 @@
 Layout of one checkpoint directory (Ray merges the per-rank files into one `checkpoint_<ts>/`):
   latest, <tag>/ ...             DeepSpeed (module, ZeRO optimizer partitions, LR scheduler);
                                  `zero_to_fp32.py` consolidates it into a plain state dict
-  raydistill_state.json          step, progress, max_steps (rank 0)
+  raydistill_state.json          step, progress, max_steps, parameter shapes (rank 0)
   config.json                    the resolved run config (rank 0)
   worker_<rank>.json             data position of that rank
   rng_<rank>.pt                  torch RNG state of that rank (loaded with weights_only=True)
@@ -50,6 +50,8 @@ def saved_checkpoint(engine, position: TrainingPosition, config: dict[str, Any],
                 "max_steps": max_steps,
                 "nonfinite_skipped": position.nonfinite_skipped,
                 "tag": _tag(position.step),
+                # Lets the driver refuse, before any worker starts, a model this checkpoint cannot load into.
+                "param_shapes": parameter_shapes(engine.module),
             }
             (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
             (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -75,6 +77,12 @@ def restore(engine, checkpoint, rank: int) -> TrainingPosition:
     return TrainingPosition(
         step=int(state["step"]), data=data, nonfinite_skipped=int(state["nonfinite_skipped"])
     )
+
+
+def parameter_shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+    """Parameter name -> full shape. Under ZeRO-3 a parameter outside forward is a (0,) placeholder
+    whose full shape DeepSpeed keeps as `ds_shape`."""
+    return {name: list(getattr(p, "ds_shape", p.shape)) for name, p in module.named_parameters()}
 
 
 def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from orchestrator.config import DataConfig
 from orchestrator.data.corpus import STDLIB, Corpus, read_corpus
+from orchestrator.data.shard_check import check_prepared_shards
 from orchestrator.errors import UserError
 
 # Same values as `shards.MANIFEST` / the shard size default (not imported from there: shards pulls in pyarrow).
@@ -352,6 +353,7 @@ def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> P
                 f"but data.seq_len is {data_cfg.seq_len}"
             )
         check_seq_len(manifest["seq_len"], max_positions)
+        check_prepared_shards(source, manifest)
         return source.resolve()
     if max_positions is None:
         max_positions = _model_max_positions(data_cfg.tokenizer)
@@ -366,8 +368,11 @@ def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> P
                 f"reusing {twin}: the same corpus and settings, tokenised by a tokenizer with the same "
                 f"content ({plan.settings['tokenizer'][:19]}...)"
             )
+            check_prepared_shards(twin, read_manifest(twin))
             return twin.resolve()
-    out, _ = _prepare_planned(plan, out, progress)
+    out, reused = _prepare_planned(plan, out, progress)
+    if reused:
+        check_prepared_shards(out, read_manifest(out))
     return out.resolve()
 
 

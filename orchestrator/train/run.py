@@ -17,14 +17,20 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     """Prepare data, run the TorchTrainer to the end, return the exported student's path.
 
     `faults` (tests only) is passed to workers.faults.FaultInjector."""
+    from orchestrator.train.preflight import preflight
     from orchestrator.train.ray_session import ensure_ray
     from orchestrator.train.run_dir import prepare_run_dir
     from orchestrator.train.telemetry import MetricsCallback
     from orchestrator.train.trainer import STUDENT_DIR, build_trainer, prepare_run
 
     run_dir = run_dir.resolve()
+    preflight(config)  # reads small files only: a refused run writes nothing
     resuming = prepare_run_dir(run_dir, config)
     prepared = prepare_run(config, run_dir)
+    if resuming:
+        from orchestrator.train.checkpoint_check import check_checkpoints_fit
+
+        check_checkpoints_fit(run_dir, prepared.loop_config)  # before Ray: DeepSpeed would fail in a worker
     if faults:
         prepared.loop_config["runtime"]["faults"] = faults
     ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker, config.scaling.use_gpu)

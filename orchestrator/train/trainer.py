@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config
-from orchestrator.errors import UserError
-from workers.presets import preset_name
+from orchestrator.train.model_configs import (
+    PRESET_MAX_POSITIONS,
+    text_config_of,
+    check_vocabularies,
+    max_positions_of,
+)
 
-PRESET_MAX_POSITIONS = 1024
 PARQUET_READER_LOGGER = "ray.data._internal.datasource.parquet_datasource"
 V2_READER_ENV = "RAY_DATA_USE_DATASOURCE_V2"  # Ray Data's own switch (1: V2 Parquet reader, 0: V1)
 STUDENT_DIR = "student"
@@ -24,51 +27,19 @@ class PreparedRun:
     data_dir: Path
 
 
-def _text_config(spec: str):
-    """A model's config alone (no weights are read); None for presets and derived students."""
-    if preset_name(spec) is not None or spec in ("derived", "none"):
-        return None
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(spec).get_text_config()
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the model config of {spec!r}: {str(exc).splitlines()[0]}") from None
-
-
-def max_positions_of(spec: str) -> int | None:
-    text = _text_config(spec)
-    if text is None:
-        return None
-    return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-
-
-def vocab_size_of(spec: str) -> int | None:
-    text = _text_config(spec)  # presets take the run tokenizer's vocabulary
-    return None if text is None else int(text.vocab_size)
-
-
-def check_vocabularies(config: Config) -> None:
-    """Refuse a teacher/student pair whose vocabularies differ before any worker starts."""
-    teacher, student = vocab_size_of(config.teacher), vocab_size_of(config.student)
-    if teacher is not None and student is not None and teacher != student:
-        raise UserError(
-            f"teacher and student vocabularies differ: teacher {config.teacher!r} has {teacher} tokens, "
-            f"student {config.student!r} has {student}; KD on logits needs a shared vocabulary"
-        )
-
-
 def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver."""
     import dataclasses
 
     from orchestrator.data.prepare import ensure_prepared, read_manifest
+    from orchestrator.train.preflight import check_model_specs
 
+    check_model_specs(config)  # a missing local path is refused before transformers asks the hub
     check_vocabularies(config)
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
     max_positions = min(limits) if limits else PRESET_MAX_POSITIONS
     data_cfg = config.data
-    real_models = [m for m in (config.teacher, config.student) if _text_config(m) is not None]
+    real_models = [m for m in (config.teacher, config.student) if text_config_of(m) is not None]
     if data_cfg.tokenizer is None and real_models:
         # A real model brings its own vocabulary: tokenise with it rather than training a new BPE.
         data_cfg = dataclasses.replace(data_cfg, tokenizer=real_models[0])
