@@ -11,9 +11,9 @@ from typing import Any
 from orchestrator.config import Config
 from orchestrator.train.model_configs import (
     PRESET_MAX_POSITIONS,
-    text_config_of,
     check_vocabularies,
     max_positions_of,
+    text_config_of,
 )
 
 PARQUET_READER_LOGGER = "ray.data._internal.datasource.parquet_datasource"
