@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from orchestrator.errors import RunFailed, UserError
+from orchestrator.errors import Interrupted, RunFailed, UserError
 
 # sub-command -> (module, one-line help). Modules import heavy libraries lazily inside `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as exc:
         print(f"raydistill: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"raydistill: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("raydistill: interrupted", file=sys.stderr)
         return 130

@@ -20,3 +20,11 @@ def root_cause(exc: BaseException) -> str:
         seen = seen.__cause__
     lines = [line for line in str(seen).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(seen).__name__
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal (Ctrl-C, SIGTERM). One line; exit code 128 + the signal's number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

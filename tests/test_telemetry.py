@@ -242,6 +242,36 @@ def test_resume_in_a_new_process_keeps_each_step_once(tmp_path):
     assert steps_in(tmp_path) == [5, 10, 15, 20]
 
 
+def test_a_half_written_last_line_is_dropped_and_the_step_logged_again(tmp_path):
+    first = MetricsCallback(str(tmp_path), echo=False)
+    for step in (5, 10):
+        first.after_report(None, [record(step=step)], None)
+    # The driver was killed while appending step 15's line.
+    with (tmp_path / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(record(step=15))[:40])
+    assert steps_in(tmp_path) == [5, 10]
+    second = MetricsCallback(str(tmp_path), echo=False)
+    for step in (15, 20):
+        second.after_report(None, [record(step=step)], None)
+    assert steps_in(tmp_path) == [5, 10, 15, 20]
+    assert (tmp_path / METRICS_FILE).read_text().endswith("\n")
+
+
+def test_a_corrupt_line_before_the_last_is_not_hidden(tmp_path):
+    (tmp_path / METRICS_FILE).write_text(
+        json.dumps(record(step=5)) + "\n{oops\n" + json.dumps(record(step=10)) + "\n"
+    )
+    with pytest.raises(json.JSONDecodeError):
+        read_metrics(tmp_path)
+
+
+def test_replay_rewrites_the_file_in_one_step_leaving_no_temp_file(tmp_path):
+    callback = MetricsCallback(str(tmp_path), echo=False)
+    for step in (5, 10, 15, 10):
+        callback.after_report(None, [record(step=step)], None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [METRICS_FILE]
+
+
 def test_read_metrics_of_a_missing_file_is_empty(tmp_path):
     assert read_metrics(tmp_path) == []
     assert read_metrics(tmp_path / METRICS_FILE) == []

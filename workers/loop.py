@@ -192,6 +192,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window_tokens, window_start = 0, time.perf_counter()
     step = position.step
     stop_file = runtime.get("stop_file")
+    # Written by the driver on Ctrl-C / SIGTERM (orchestrator.interrupt): checkpoint this step, then leave.
+    interrupt_file = runtime.get("interrupt_file")
     decision_file = runtime.get("decision_file")  # a sweep trial's: see workers.tune_decision
     # A sweep's shared phase-1 prefix (orchestrator.shared_prefix) trains on the full run's schedule
     # but stops early, with a checkpoint at every step a trial forks from.
@@ -218,6 +220,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         is_last = step == max_steps
         do_eval = step % int(train["eval_every"]) == 0 or is_last
         do_checkpoint = step % int(train["checkpoint_every"]) == 0 or is_last or step in checkpoint_steps
+        # Checked on every rank after each step, so all ranks save the same step's checkpoint.
+        interrupted = bool(interrupt_file) and any_rank(os.path.exists(interrupt_file)) and not is_last
+        do_checkpoint = do_checkpoint or interrupted
         do_log = step % int(train["log_every"]) == 0 or do_eval or do_checkpoint or result.skipped
         too_many = nonfinite_streak >= int(train["max_nonfinite_in_a_row"])
         if not (do_log or too_many):
@@ -260,6 +265,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(record)
+        if interrupted:
+            return  # no export: the rerun resumes from this checkpoint
         if do_eval and decision_file:
             # Tune may stop the trial on this eval: train no step past it until Tune has decided.
             wait_for_decision(decision_file, stop_file, step)

@@ -53,6 +53,27 @@ def logical_cpus(num_workers: int, cpus_per_worker: float) -> int:
     return max(os.cpu_count() or 1, int(num_workers * cpus_per_worker + 0.999) + 2)
 
 
+def runtime_env(env_vars: dict[str, str]) -> dict:
+    """The runtime_env of a local instance this CLI starts. (A cluster joined through `ray job submit` or
+    RAY_ADDRESS was started by `ray start`, which records its address where the cleaner finds it.)"""
+    return {
+        "env_vars": env_vars,
+        "worker_process_setup_hook": "orchestrator.train.ray_session.pin_ray_address",
+    }
+
+
+def pin_ray_address() -> None:
+    """Worker-process setup hook: name this cluster in RAY_ADDRESS.
+
+    Ray Train's placement-group cleaner looks its cluster up with no address; with two Ray instances on
+    one machine (two runs, or a run beside a test cluster) that lookup fails with "Found multiple active
+    Ray instances", its monitor thread dies with a traceback on the console, and nothing frees the run's
+    placement group if the driver dies. Each worker process knows its own cluster's GCS address."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
 def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) -> None:
     import ray
 
@@ -67,7 +88,7 @@ def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) 
         num_cpus=logical_cpus(num_workers, cpus_per_worker),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": env},
+        runtime_env=runtime_env(env),
         configure_logging=True,
         logging_level="WARNING",
     )

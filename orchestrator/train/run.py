@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.config import Config
-from orchestrator.errors import RunFailed, root_cause
+from orchestrator.errors import Interrupted, RunFailed, root_cause
+from orchestrator.train.interrupt import GracefulInterrupt
 
 
 def _workers(count: int) -> str:
@@ -40,12 +41,30 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
             f"raydistill: {verb} run in {run_dir} ({_workers(config.scaling.num_workers)}, ZeRO-{config.deepspeed.zero_stage})"
         )
     callback = MetricsCallback(str(run_dir), debug_every=config.train.debug_every, echo=echo)
-    trainer = build_trainer(config, run_dir, prepared, callbacks=[callback])
-    try:
-        trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
-        raise TrainingFailed(f"training failed: {root_cause(exc)}") from exc
+    with GracefulInterrupt(run_dir) as interrupt:
+        prepared.loop_config["runtime"]["interrupt_file"] = str(interrupt.request_file)
+        trainer = build_trainer(config, run_dir, prepared, callbacks=[callback])
+        try:
+            result = interrupt.call(trainer.fit)
+        except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
+            raise TrainingFailed(f"training failed: {root_cause(exc)}") from exc
+    step = checkpoint_step(result)
+    if interrupt.requested and step < config.train.max_steps:
+        raise Interrupted(
+            f"stopped by {interrupt.signal_name} at step {step}/{config.train.max_steps}, checkpoint saved in "
+            f"{run_dir}; run the same command again to resume",
+            interrupt.exit_code,
+        )
     return run_dir / STUDENT_DIR
+
+
+def checkpoint_step(result) -> int:
+    """The step of the run's latest checkpoint (0 without one)."""
+    from workers.checkpointing import read_state
+
+    if result is None or result.checkpoint is None:
+        return 0
+    return int(read_state(result.checkpoint.path)["step"])
 
 
 class TrainingFailed(RunFailed):

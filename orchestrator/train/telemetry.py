@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,23 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         path = path / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+            # A driver killed while appending leaves half a last line: that step is reported again on resume.
+    return records
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl in one step (temp file, then rename): a crash mid-write loses nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
 
 
 def _fmt(value: float) -> str:
@@ -97,19 +114,24 @@ class MetricsCallback(UserCallback):
         self.debug_every = debug_every
         self.echo = echo
         self._last_phase: int | None = None
+        self._last_step: int | None = None  # the last step in metrics.jsonl, read once per driver
         self._start: tuple[float, int] | None = None
 
     def _append(self, record: dict[str, Any]) -> None:
-        records = read_metrics(self.path)
-        if records and records[-1]["step"] >= record["step"]:
-            # Replayed after a resume: keep only what came before this step.
-            kept = [r for r in records if r["step"] < record["step"]]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            records = kept
-        if self._last_phase is None and records:
-            self._last_phase = records[-1]["phase"]
+        if self._last_step is None:
+            # This driver's first report: what an earlier run of this run dir left (a resume).
+            records = read_metrics(self.path)
+            if self.path.exists() and not self.path.read_bytes().endswith(b"\n"):
+                write_metrics(self.path, records)  # drop a half-written last line before appending
+            self._last_step = records[-1]["step"] if records else 0
+            if self._last_phase is None and records:
+                self._last_phase = records[-1]["phase"]
+        if record["step"] <= self._last_step:
+            # Replayed after a resume or a worker restart: keep only what came before this step.
+            write_metrics(self.path, [r for r in read_metrics(self.path) if r["step"] < record["step"]])
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        self._last_step = record["step"]
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         if not metrics:
