@@ -101,10 +101,10 @@ def test_sigterm_to_raydistill_train_checkpoints_the_step_and_the_same_command_r
     run_dir = tmp_path / "run"
     overrides = [
         f"data.source={tiny_data_dir}",
-        "train.max_steps=200",  # far more than it gets to run before the signal
+        "train.max_steps=30",  # more than it gets to run before the signal
         "train.log_every=1",
-        "train.eval_every=100",
-        "train.checkpoint_every=100",
+        "train.eval_every=25",
+        "train.checkpoint_every=25",
     ]
     argv = [
         str(RAYDISTILL),
@@ -133,7 +133,7 @@ def test_sigterm_to_raydistill_train_checkpoints_the_step_and_the_same_command_r
     assert last.startswith("raydistill: stopped by SIGTERM at step "), last
     steps = metrics_steps(run_dir)
     stopped_at = steps[-1]
-    assert f"at step {stopped_at}/200" in last and stopped_at < 100
+    assert f"at step {stopped_at}/30" in last and stopped_at < 25
     assert steps == list(range(1, stopped_at + 1))
     checkpoints = sorted(run_dir.glob("checkpoint_*/"))
     assert len(checkpoints) == 1 and read_state(checkpoints[0])["step"] == stopped_at
@@ -143,4 +143,4 @@ def test_sigterm_to_raydistill_train_checkpoints_the_step_and_the_same_command_r
     config = load_config(ROOT / "configs" / "tiny.yaml", overrides)
     student = run_training(config, run_dir, echo=False)
     assert (student / "model.safetensors").exists()
-    assert metrics_steps(run_dir) == list(range(1, 201))
+    assert metrics_steps(run_dir) == list(range(1, 31))

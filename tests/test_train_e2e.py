@@ -144,7 +144,7 @@ def test_checkpoints_copied_in_from_a_wider_run_are_refused_before_ray(
     """Run dir of a narrower student holding the zero2 run's real DeepSpeed checkpoints (and Ray's
     snapshot naming them): one line naming the checkpoint and the first parameter that differs, exit 2,
     before Ray is asked for workers; nothing in the run dir changes."""
-    from orchestrator import ray_session
+    from orchestrator.train import ray_session
     from orchestrator.cli import main
 
     source, _ = zero2_run
