@@ -1,6 +1,6 @@
 """`train_loop_per_worker`: what each Ray Train worker runs.
 
-Everything arrives through the loop config (STYLE 6): `{"config": <resolved run config dict>,
+Everything arrives through the loop config (the function is pickled to other processes, so no module globals): `{"config": <resolved run config dict>,
 "runtime": {"tokenizer": path, "run_dir": path, "max_positions": int, "eval_sequences": int, ...}}`.
 Every rank calls `ray.train.report` the same number of times (it is a barrier in Train V2) and all
 reported metrics are all-reduced first, since only rank 0's are kept.
