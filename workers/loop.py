@@ -19,7 +19,6 @@ from workers.checkpointing import TrainingPosition, restore, saved_checkpoint
 from workers.curriculum import COMPONENTS
 from workers.data import TrainBatches, eval_batches
 from workers.dist import any_rank, barrier
-from workers.distill_loss import DistillationLoss
 from workers.engine import build_engine, place_teacher
 from workers.export import export_student
 from workers.faults import FaultInjector
@@ -30,9 +29,8 @@ from workers.models import (
     check_vocabularies,
     count_parameters,
     derive_student,
-    hidden_size,
+    distillation_loss_for,
     load_tokenizer,
-    num_layers,
     teacher_dtype,
 )
 from workers.precision import (
@@ -79,19 +77,9 @@ def build_models(config: dict[str, Any], runtime: dict[str, Any]):
         student = derive_student(teacher, config["derive"], train["seed"] + 1)
     else:
         student = build_model(config["student"], tokenizer, max_positions, train["seed"] + 1, torch.float32)
-    # Without a teacher only CE is on (validated on the driver); the loss is sized on the student.
-    reference = teacher if teacher is not None else student
     if teacher is not None:
         check_vocabularies(teacher, student, tokenizer)
-    loss = DistillationLoss.from_config(
-        config["loss"],
-        config["curriculum"],
-        student_hidden_size=hidden_size(student),
-        teacher_hidden_size=hidden_size(reference),
-        student_num_layers=num_layers(student),
-        teacher_num_layers=num_layers(reference),
-    )
-    return tokenizer, teacher, student, loss
+    return tokenizer, teacher, student, distillation_loss_for(config, student, teacher)
 
 
 class TrainRawAverager:

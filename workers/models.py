@@ -147,3 +147,19 @@ def count_parameters(model: torch.nn.Module) -> int:
 def teacher_dtype(teacher_precision: str) -> torch.dtype:
     """The frozen teacher's dtype for a resolved `deepspeed.teacher_precision` (workers/precision.py)."""
     return torch.bfloat16 if teacher_precision == "bf16" else torch.float32
+
+
+def distillation_loss_for(config: dict[str, Any], student, teacher):
+    """The run's curriculum loss, with its feature projectors sized from student to teacher width.
+    Without a teacher only CE is on (validated on the driver), so the loss is sized on the student."""
+    from workers.distill_loss import DistillationLoss
+
+    reference = teacher if teacher is not None else student
+    return DistillationLoss.from_config(
+        config["loss"],
+        config["curriculum"],
+        student_hidden_size=hidden_size(student),
+        teacher_hidden_size=hidden_size(reference),
+        student_num_layers=num_layers(student),
+        teacher_num_layers=num_layers(reference),
+    )

@@ -10,20 +10,10 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.plan import memory_model as mm
+from orchestrator.train.model_configs import looks_like_local_path
 
 # Presets take their vocabulary from the run's tokenizer; the plan assumes the default BPE size.
 PRESET_SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-
-
-def _looks_like_path(spec: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else that names no file is a mistyped path."""
-    return (
-        Path(spec).is_absolute()
-        or spec.startswith((".", "~"))
-        or spec.count("/") > 1
-        or spec.endswith("/")
-        or "\\" in spec
-    )
 
 
 def _reason(exc: Exception) -> str:
@@ -55,7 +45,7 @@ def load_model_config(spec: str, max_positions: int):
             return AutoConfig.from_pretrained(str(path))
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError, JSON errors
             raise UserError(f"{spec}: cannot read its config.json ({_reason(exc)})") from None
-    if _looks_like_path(spec):
+    if looks_like_local_path(spec):
         raise UserError(f"no such model directory: {spec}")
     try:
         return AutoConfig.from_pretrained(spec)

@@ -40,8 +40,7 @@ def expected_shapes(loop_config: dict[str, Any]) -> dict[str, list[int]]:
     """Parameter name -> shape of the module the workers hand to DeepSpeed (student + projectors)."""
     import torch
 
-    from workers.distill_loss import DistillationLoss
-    from workers.models import DERIVED, NO_TEACHER, derive_student, hidden_size, load_tokenizer, num_layers
+    from workers.models import DERIVED, NO_TEACHER, derive_student, distillation_loss_for, load_tokenizer
     from workers.student_module import StudentWithLoss
 
     config, runtime = loop_config["config"], loop_config["runtime"]
@@ -55,15 +54,7 @@ def expected_shapes(loop_config: dict[str, Any]) -> dict[str, list[int]]:
             student = derive_student(teacher, config["derive"], int(config["train"]["seed"]) + 1)
         else:
             student = _meta_model(config["student"], tokenizer, max_positions)
-        reference = teacher if teacher is not None else student
-        loss = DistillationLoss.from_config(
-            config["loss"],
-            config["curriculum"],
-            student_hidden_size=hidden_size(student),
-            teacher_hidden_size=hidden_size(reference),
-            student_num_layers=num_layers(student),
-            teacher_num_layers=num_layers(reference),
-        )
+        loss = distillation_loss_for(config, student, teacher)
         module = StudentWithLoss(student, loss, config["train"]["attn_implementation"])
     return parameter_shapes(module)
 

@@ -3,11 +3,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orchestrator.config import Config
 from orchestrator.errors import UserError
 from workers.presets import preset_name
 
 PRESET_MAX_POSITIONS = 1024
+
+
+def looks_like_local_path(spec: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else is meant as a local path. `org/name` also is
+    one when `org` is a local directory (`models/teacher` run from a dir holding `models/`)."""
+    return (
+        Path(spec).is_absolute()
+        or spec.startswith((".", "~"))
+        or spec.count("/") > 1
+        or spec.endswith("/")
+        or "\\" in spec
+        or ("/" in spec and Path(spec).expanduser().parent.is_dir())
+    )
 
 
 def text_config_of(spec: str):

@@ -12,24 +12,16 @@ from pathlib import Path
 
 from orchestrator.config import Config
 from orchestrator.errors import UserError
-from orchestrator.train.model_configs import PRESET_MAX_POSITIONS, check_vocabularies, max_positions_of
+from orchestrator.train.model_configs import (
+    PRESET_MAX_POSITIONS,
+    check_vocabularies,
+    looks_like_local_path,
+    max_positions_of,
+)
 from workers.presets import PRESETS, preset_name
 
 MODEL_KEYS = ("teacher", "student")
 NOT_PATHS = ("derived", "none")
-
-
-def looks_like_local_path(spec: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else is meant as a local path. `org/name` also is
-    one when `org` is a local directory (`models/teacher` run from a dir holding `models/`)."""
-    return (
-        Path(spec).is_absolute()
-        or spec.startswith((".", "~"))
-        or spec.count("/") > 1
-        or spec.endswith("/")
-        or "\\" in spec
-        or ("/" in spec and Path(spec).expanduser().parent.is_dir())
-    )
 
 
 def model_spec_problem(spec: str) -> str | None:

@@ -48,8 +48,7 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
             result = interrupt.call(trainer.fit)
         except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
             raise TrainingFailed(f"training failed: {root_cause(exc)}") from exc
-    step = checkpoint_step(result)
-    if interrupt.requested and step < config.train.max_steps:
+    if interrupt.requested and (step := checkpoint_step(result)) < config.train.max_steps:
         raise Interrupted(
             f"stopped by {interrupt.signal_name} at step {step}/{config.train.max_steps}, checkpoint saved in "
             f"{run_dir}; run the same command again to resume",
