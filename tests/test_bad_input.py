@@ -23,6 +23,7 @@ from orchestrator.data.shard_check import check_prepared_shards
 from orchestrator.errors import UserError
 from orchestrator.train import ray_session, trainer
 from orchestrator.train.checkpoint_check import expected_shapes, first_mismatch
+from orchestrator.train.ray_checkpoints import SNAPSHOT_FILE
 from workers.checkpointing import STATE_FILE, parameter_shapes
 from workers.loop import build_models
 from workers.student_module import StudentWithLoss
@@ -328,6 +329,10 @@ def test_student_path_now_holding_another_width_is_refused_run_dir_untouched(tin
     }
     (checkpoint / STATE_FILE).write_text(json.dumps(state))
     (checkpoint / "latest").write_text("step_00000015")
+    # Ray's list of registered checkpoints: only those are resumed from (orchestrator/train/ray_checkpoints.py).
+    (run_dir / SNAPSHOT_FILE).write_text(
+        json.dumps({"checkpoint_results": [{"checkpoint_dir_name": checkpoint.name}]})
+    )
     before = snapshot(checkpoint)
     config_text = (run_dir / "config.yaml").read_text()
 

@@ -3,6 +3,7 @@ engines (gloo on CPU), real Hugging Face models saved and loaded. No mocks."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -13,8 +14,10 @@ import pytest
 import torch
 
 from orchestrator.config import load_config
+from orchestrator.train.ray_checkpoints import registered_checkpoints, unregistered_checkpoints
 from orchestrator.train.run import TrainingFailed, run_training
 from orchestrator.train.telemetry import read_metrics
+from workers.checkpointing import STATE_FILE, read_state
 from workers.curriculum import COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,6 +201,43 @@ def test_worker_sigkilled_restarts_from_checkpoint_and_matches_uninterrupted_run
                 key,
             )
     assert math.isclose(resumed[12]["eval/ppl"], uninterrupted[12]["eval/ppl"], rel_tol=1e-5)
+
+
+def test_a_crash_while_a_checkpoint_is_copied_leaves_the_last_one_usable_and_the_rerun_resumes(
+    zero2_run, tiny_data_dir, tmp_path, capsys
+):
+    """Rank 0 dies (SIGKILL) halfway through copying its part of the step-8 checkpoint into the run
+    dir, its state file cut in half. With no restarts allowed the run fails; Ray never registered that
+    dir, so the same command resumes from the step-4 checkpoint, and ends as the uninterrupted run did."""
+    run_dir, _ = zero2_run
+    uninterrupted = {r["step"]: r for r in read_metrics(run_dir)}
+    crashed_dir = tmp_path / "crashed"
+    config = make_config(tiny_data_dir, "deepspeed.zero_stage=2", "train.checkpoint_every=4")
+    marker = tmp_path / "crashed.marker"
+    faults = {"crash_in_checkpoint_at_step": 8, "crash_rank": 0, "crash_marker": str(marker)}
+    with pytest.raises(TrainingFailed):
+        run_training(config, crashed_dir, echo=False, faults=faults)
+    assert marker.exists(), "the fault was never injected"
+    [half] = unregistered_checkpoints(crashed_dir)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads((half / STATE_FILE).read_text())  # the cut fell in the file the driver reads
+    assert [read_state(d)["step"] for d in registered_checkpoints(crashed_dir)] == [4]
+
+    capsys.readouterr()
+    student_dir = run_training(config, crashed_dir, echo=True)
+    assert f"raydistill: ignoring {half.name}: a checkpoint a crash cut short" in capsys.readouterr().out
+    records = read_metrics(crashed_dir)
+    assert [r["step"] for r in records] == list(range(1, 13))
+    for step in range(1, 13):
+        for key in ("loss/total", "loss/ce/raw", "loss/kd/raw", "loss/feature/raw", "lr"):
+            assert math.isclose(
+                records[step - 1][key], uninterrupted[step][key], rel_tol=1e-5, abs_tol=1e-7
+            ), (
+                step,
+                key,
+            )
+    assert [read_state(d)["step"] for d in registered_checkpoints(crashed_dir)][-1] == 12
+    assert student_state(student_dir)  # plain transformers loads the exported student
 
 
 @pytest.mark.parametrize("stage", [0, 3])

@@ -12,6 +12,8 @@ Layout of one checkpoint directory (Ray merges the per-rank files into one `chec
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,10 +36,39 @@ def _tag(step: int) -> str:
     return f"step_{step:08d}"
 
 
+TEMP_PREFIX = "raydistill-ckpt-"
+
+
+def remove_orphaned_temp_checkpoints(temp_root: str | Path | None = None) -> list[Path]:
+    """Delete the temp checkpoint dirs of dead worker processes on this node; return them.
+
+    A worker killed while it held one (SIGKILL, OOM, a lost node coming back) never ran the clean-up,
+    and each such dir is a full copy of that rank's checkpoint: a few crashes of a large model would
+    fill the node's /tmp. The owner's pid is in the name, so a live worker's dir is never touched."""
+    removed = []
+    for directory in Path(temp_root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = directory.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 @contextmanager
 def saved_checkpoint(engine, position: TrainingPosition, config: dict[str, Any], rank: int, max_steps: int):
     """Write this rank's part of a checkpoint into a temp dir and yield it (to report, then delete)."""
-    with tempfile.TemporaryDirectory(prefix="raydistill-ckpt-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         # Every rank saves: ZeRO partitions are per rank; DeepSpeed writes the shared files on rank 0.
         engine.save_checkpoint(tmp, tag=_tag(position.step))
         directory = Path(tmp)

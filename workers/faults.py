@@ -1,4 +1,5 @@
-"""Fault injection for the end-to-end tests: a worker crash at a step, or NaN teacher logits.
+"""Fault injection for the end-to-end tests: a worker crash at a step or halfway through copying a
+checkpoint into the run dir, or NaN teacher logits.
 
 Only active when the driver puts a `faults` dict into the loop config's runtime section (tests do;
 the CLI never does). It exercises the real recovery paths: Ray Train's FailureConfig restart from
@@ -8,11 +9,15 @@ the last checkpoint, and the skipping of non-finite steps (a NaN must never reac
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from workers.checkpointing import STATE_FILE
 
 
 class FaultInjector:
@@ -21,6 +26,7 @@ class FaultInjector:
         self.crash_at_step = faults.get("crash_at_step")
         self.crash_rank = int(faults.get("crash_rank", 1))
         self.crash_marker = faults.get("crash_marker")
+        self.crash_in_checkpoint_at_step = faults.get("crash_in_checkpoint_at_step")
         self.nan_teacher_steps = set(faults.get("nan_teacher_steps", []))
         self.rank = rank
         self.current_step = 0
@@ -42,6 +48,9 @@ class FaultInjector:
         self.current_step = step
         if self.crash_at_step is None or step != self.crash_at_step or self.rank != self.crash_rank:
             return
+        self._crash_once()
+
+    def _crash_once(self) -> None:
         marker = Path(self.crash_marker)
         if marker.exists():
             return  # crash only once, so the restarted run goes through
@@ -49,3 +58,32 @@ class FaultInjector:
         # SIGKILL, not an exception or os._exit: no Python cleanup, no atexit, no flushed buffers;
         # the process is gone the way an OOM kill or a lost node leaves it.
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def checkpoint_upload_fn(self, step: int) -> Callable | None:
+        """None (Ray's own copy into the run dir), or, at the chosen step on the crashing rank, a
+        `ray.train.report(checkpoint_upload_fn=...)` that copies part of the checkpoint into the very
+        directory Ray would fill and dies there: the run dir is left holding a checkpoint dir that Ray
+        never registered, with the driver-visible state file cut in half."""
+        if step != self.crash_in_checkpoint_at_step or self.rank != self.crash_rank:
+            return None
+        if Path(self.crash_marker).exists():
+            return None
+        return self._copy_half_then_crash
+
+    def _copy_half_then_crash(self, checkpoint, checkpoint_dir_name: str):
+        import ray.train
+
+        storage = ray.train.get_context().get_storage()
+        destination = Path(storage.build_checkpoint_path_from_name(checkpoint_dir_name))
+        source = Path(checkpoint.path)
+        # Everything but the state file first, so the cut falls where the driver reads.
+        files = sorted((p for p in source.rglob("*") if p.is_file()), key=lambda p: p.name == STATE_FILE)
+        for file in files:
+            target = destination / file.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if file.name == STATE_FILE:
+                data = file.read_bytes()
+                target.write_bytes(data[: len(data) // 2])
+            else:
+                shutil.copyfile(file, target)
+        self._crash_once()

@@ -15,7 +15,12 @@ from typing import Any
 
 import torch
 
-from workers.checkpointing import TrainingPosition, restore, saved_checkpoint
+from workers.checkpointing import (
+    TrainingPosition,
+    remove_orphaned_temp_checkpoints,
+    restore,
+    saved_checkpoint,
+)
 from workers.curriculum import COMPONENTS
 from workers.data import TrainBatches, eval_batches
 from workers.dist import any_rank, barrier
@@ -146,6 +151,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 flush=True,
             )
     faults = FaultInjector(runtime.get("faults"), rank)
+    for orphan in remove_orphaned_temp_checkpoints():
+        print(f"raydistill: removed {orphan}, a temp checkpoint left by a killed worker", flush=True)
     faults.attach(teacher)
     engine = build_engine(StudentWithLoss(student, loss, train["attn_implementation"]), config, world)
     if teacher is not None:
@@ -250,7 +257,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         position.step, position.data = step, train_iter.position()
         if do_checkpoint:
             with saved_checkpoint(engine, position, config, rank, max_steps) as directory:
-                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                ray.train.report(
+                    record,
+                    checkpoint=ray.train.Checkpoint.from_directory(directory),
+                    checkpoint_upload_fn=faults.checkpoint_upload_fn(step),  # None: Ray's own copy
+                )
         else:
             ray.train.report(record)
         if interrupted:

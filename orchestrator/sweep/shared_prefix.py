@@ -174,11 +174,13 @@ def write_table(sweep_dir: Path, table: dict[str, PrefixRun]) -> None:
 
 
 def checkpoints_by_step(run_dir: Path) -> dict[int, str]:
-    """Ray Train checkpoint dirs of a finished prefix run, by the step each holds."""
+    """Ray Train checkpoint dirs of a finished prefix run, by the step each holds (only those Ray
+    registered: a dir a crash cut short is never a trial's starting point)."""
+    from orchestrator.train.ray_checkpoints import registered_checkpoints
     from workers.checkpointing import STATE_FILE, read_state
 
     found = {}
-    for directory in sorted(run_dir.glob("checkpoint_*")):
+    for directory in registered_checkpoints(run_dir):
         if (directory / STATE_FILE).exists():
             found[int(read_state(directory)["step"])] = str(directory.resolve())
     return found

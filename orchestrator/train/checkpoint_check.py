@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.train.ray_checkpoints import SNAPSHOT_FILE, registered_checkpoints
 from workers.checkpointing import STATE_FILE, parameter_shapes
-
-CHECKPOINT_GLOB = "checkpoint_*"
 
 
 def _meta_model(spec: str, tokenizer, max_positions: int):
@@ -75,11 +74,17 @@ def first_mismatch(recorded: dict[str, list[int]], expected: dict[str, list[int]
 
 
 def recorded_checkpoints(run_dir: Path) -> list[tuple[Path, dict[str, list[int]]]]:
-    """(checkpoint dir, recorded shapes) of every checkpoint in `run_dir` that records them (those
-    written before shapes were recorded are left to DeepSpeed)."""
+    """(checkpoint dir, recorded shapes) of every checkpoint Ray may resume from that records them
+    (those written before shapes were recorded are left to DeepSpeed). Dirs Ray never registered,
+    cut short by a crash while being written, are not looked at: Ray does not resume from them."""
     found = []
     # Newest first: the one Ray Train resumes from is named when several do not fit.
-    for directory in sorted((p for p in run_dir.glob(CHECKPOINT_GLOB) if p.is_dir()), reverse=True):
+    for directory in reversed(registered_checkpoints(run_dir)):
+        if not directory.is_dir():
+            raise UserError(
+                f"checkpoint {directory} is listed in {run_dir / SNAPSHOT_FILE} but is gone; "
+                "Ray cannot resume this run; use another --run-dir"
+            )
         state_file = directory / STATE_FILE
         if not state_file.is_file():
             continue

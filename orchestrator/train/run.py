@@ -30,8 +30,15 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     prepared = prepare_run(config, run_dir)
     if resuming:
         from orchestrator.train.checkpoint_check import check_checkpoints_fit
+        from orchestrator.train.ray_checkpoints import unregistered_checkpoints
 
         check_checkpoints_fit(run_dir, prepared.loop_config)  # before Ray: DeepSpeed would fail in a worker
+        if echo:
+            for directory in unregistered_checkpoints(run_dir):
+                print(
+                    f"raydistill: ignoring {directory.name}: a checkpoint a crash cut short (Ray never "
+                    "registered it; safe to delete)"
+                )
     if faults:
         prepared.loop_config["runtime"]["faults"] = faults
     ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker, config.scaling.use_gpu)
