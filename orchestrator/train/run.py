@@ -19,6 +19,7 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
 
     `faults` (tests only) is passed to workers.faults.FaultInjector."""
     from orchestrator.train.preflight import preflight
+    from orchestrator.train.ray_checkpoints import unregistered_checkpoints
     from orchestrator.train.ray_session import ensure_ray
     from orchestrator.train.run_dir import prepare_run_dir
     from orchestrator.train.telemetry import MetricsCallback
@@ -30,15 +31,8 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     prepared = prepare_run(config, run_dir)
     if resuming:
         from orchestrator.train.checkpoint_check import check_checkpoints_fit
-        from orchestrator.train.ray_checkpoints import unregistered_checkpoints
 
         check_checkpoints_fit(run_dir, prepared.loop_config)  # before Ray: DeepSpeed would fail in a worker
-        if echo:
-            for directory in unregistered_checkpoints(run_dir):
-                print(
-                    f"raydistill: ignoring {directory.name}: a checkpoint a crash cut short (Ray never "
-                    "registered it; safe to delete)"
-                )
     if faults:
         prepared.loop_config["runtime"]["faults"] = faults
     ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker, config.scaling.use_gpu)
@@ -47,6 +41,11 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
         print(
             f"raydistill: {verb} run in {run_dir} ({_workers(config.scaling.num_workers)}, ZeRO-{config.deepspeed.zero_stage})"
         )
+        for directory in unregistered_checkpoints(run_dir) if resuming else ():
+            print(
+                f"raydistill: ignoring {directory.name}: a checkpoint a crash cut short (Ray never "
+                "registered it; safe to delete)"
+            )
     callback = MetricsCallback(str(run_dir), debug_every=config.train.debug_every, echo=echo)
     with GracefulInterrupt(run_dir) as interrupt:
         prepared.loop_config["runtime"]["interrupt_file"] = str(interrupt.request_file)
