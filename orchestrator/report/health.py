@@ -13,6 +13,8 @@ from workers.curriculum import COMPONENTS
 
 MAX_EVAL_TRAIN_RATIO = 2.0
 MAX_PART_DOMINANCE = 10.0
+# Below this raw value (nats for the KL parts) a part counts as matched, not as drowned by its weight.
+MATCHED_RAW = 0.1
 
 Verdict = tuple[str, bool, str]  # (check, passed, figure)
 
@@ -30,14 +32,27 @@ def mean_tokens_per_s(records: Sequence[dict[str, Any]]) -> float | None:
     return len(rates) / sum(1.0 / rate for rate in rates)
 
 
+def _parts_on(record: dict[str, Any]) -> list[str]:
+    return [c for c in COMPONENTS if record.get(f"loss/{c}/weight", 0) > 0]
+
+
+def _matched(record: dict[str, Any]) -> list[str]:
+    """Parts switched on whose raw loss is already near zero: student and teacher agree there."""
+    return [c for c in _parts_on(record) if 0 <= record.get(f"loss/{c}/raw", math.inf) < MATCHED_RAW]
+
+
 def _part_dominance(record: dict[str, Any]) -> tuple[float, str, str] | None:
-    """(largest scaled part / second largest, largest's name, second's name) over the parts that are on."""
+    """(largest scaled part / second largest, largest's name, second's name) over the parts that are on
+    and still have something to learn. A part already near zero is small because there is nothing left
+    to match, not because its weight is too low: raising that weight, which this check would
+    suggest, changes nothing."""
+    left_out = set(_matched(record))
+    if record.get("phase") == 2:
+        left_out.add(
+            "feature"
+        )  # ramping in by design (workers/curriculum.py); judged at full weight in phase 3
     parts = sorted(
-        (
-            (record.get(f"loss/{c}/scaled", 0.0), c)
-            for c in COMPONENTS
-            if record.get(f"loss/{c}/weight", 0) > 0
-        ),
+        ((record.get(f"loss/{c}/scaled", 0.0), c) for c in _parts_on(record) if c not in left_out),
         reverse=True,
     )
     if len(parts) < 2:
@@ -46,6 +61,20 @@ def _part_dominance(record: dict[str, Any]) -> tuple[float, str, str] | None:
     if second <= 0:
         return (math.inf if top > 0 else 1.0), top_name, second_name
     return top / second, top_name, second_name
+
+
+def _matched_note(records: Sequence[dict[str, Any]]) -> str:
+    """'; kd near 0 all run (raw < 0.1: ...)' for parts near zero at every step they were on."""
+    on = {c for r in records for c in _parts_on(r)}
+    always = [
+        c for c in COMPONENTS if c in on and all(c in _matched(r) for r in records if c in _parts_on(r))
+    ]
+    if not always:
+        return ""
+    return (
+        f"; {', '.join(always)} near 0 all run (raw < {MATCHED_RAW:g}: teacher and student already agree "
+        "there, e.g. an untrained teacher's near-uniform logits; left out of this check)"
+    )
 
 
 def health_verdict(records: Sequence[dict[str, Any]]) -> list[Verdict]:
@@ -79,18 +108,23 @@ def health_verdict(records: Sequence[dict[str, Any]]) -> list[Verdict]:
         found = _part_dominance(r)
         if found is not None:
             dominance.append((found[0], r["step"], found[1], found[2]))
+    note = _matched_note(records)
     if dominance:
         worst_d, at, top, second = max(dominance, key=lambda x: x[0])
         verdicts.append(
             (
                 f"no scaled part more than {MAX_PART_DOMINANCE:g}x the others",
                 worst_d <= MAX_PART_DOMINANCE,
-                f"worst {fmt(worst_d)}x ({top} over {second}, step {at})",
+                f"worst {fmt(worst_d)}x ({top} over {second}, step {at}){note}",
             )
         )
     else:
         verdicts.append(
-            (f"no scaled part more than {MAX_PART_DOMINANCE:g}x the others", True, "one part only (CE)")
+            (
+                f"no scaled part more than {MAX_PART_DOMINANCE:g}x the others",
+                True,
+                f"one part only (CE){note}" if not note else f"one part left to compare{note}",
+            )
         )
 
     if len(evals) >= 2:
