@@ -9,6 +9,7 @@ needs it) but listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 # Set by `ray job submit` in the driver's environment: the job's config, runtime_env included.
@@ -31,12 +32,24 @@ WORKER_ENV = {
 CPU_ONLY_ENV = {"DS_ACCELERATOR": "cpu"}
 
 
+SETUP_HOOK = "orchestrator.train.ray_session.pin_ray_address"
+
+
+def job_runtime_env(environ=os.environ) -> dict:
+    """The submitted job's runtime_env (empty outside a job, or when Ray's job config is unreadable)."""
+    try:
+        job = json.loads(environ.get(JOB_CONFIG_ENV) or "{}")
+        runtime = job.get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return runtime if isinstance(runtime, dict) else {}
+
+
 def job_env_var_keys(environ=os.environ) -> set[str]:
     """Environment variables the submitted job's runtime_env already sets (empty outside a job)."""
     try:
-        job = json.loads(environ.get(JOB_CONFIG_ENV) or "{}")
-        return set((job.get("runtime_env") or {}).get("env_vars") or {})
-    except (ValueError, AttributeError):
+        return set(job_runtime_env(environ).get("env_vars") or {})
+    except TypeError:
         return set()
 
 
@@ -53,22 +66,24 @@ def logical_cpus(num_workers: int, cpus_per_worker: float) -> int:
     return max(os.cpu_count() or 1, int(num_workers * cpus_per_worker + 0.999) + 2)
 
 
-def runtime_env(env_vars: dict[str, str]) -> dict:
-    """The runtime_env of a local instance this CLI starts. (A cluster joined through `ray job submit` or
-    RAY_ADDRESS was started by `ray start`, which records its address where the cleaner finds it.)"""
-    return {
-        "env_vars": env_vars,
-        "worker_process_setup_hook": "orchestrator.train.ray_session.pin_ray_address",
-    }
+def runtime_env(env_vars: dict[str, str], environ=os.environ) -> dict:
+    """The runtime_env raydistill gives ray.init: its env vars and the worker setup hook below, the
+    hook left out when a submitted job sets its own (Ray refuses to merge two of the same field)."""
+    env: dict = {"env_vars": env_vars}
+    if "worker_process_setup_hook" not in job_runtime_env(environ):
+        env["worker_process_setup_hook"] = SETUP_HOOK
+    return env
 
 
 def pin_ray_address() -> None:
     """Worker-process setup hook: name this cluster in RAY_ADDRESS.
 
     Ray Train's placement-group cleaner looks its cluster up with no address; with two Ray instances on
-    one machine (two runs, or a run beside a test cluster) that lookup fails with "Found multiple active
-    Ray instances", its monitor thread dies with a traceback on the console, and nothing frees the run's
-    placement group if the driver dies. Each worker process knows its own cluster's GCS address."""
+    one machine (two runs, a run beside a test cluster, a `ray start` head beside a local run) that
+    lookup connects to the newest instance, or fails with "Found multiple active Ray instances"; the
+    cleaner dies with a traceback on the console ("Failed to register placement group with cleaner",
+    seen under `ray job submit` too), and nothing frees the run's placement group if the driver dies.
+    Each worker process knows its own cluster's GCS address."""
     import ray
 
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
@@ -81,7 +96,10 @@ def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) 
         return
     env = driver_env_vars(use_gpu)
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(runtime_env=runtime_env(env), log_to_driver=True)
+        warning = cpu_headroom_warning(ray.cluster_resources().get("CPU", 0.0), num_workers, cpus_per_worker)
+        if warning is not None:
+            print(warning, flush=True)
         return
     ray.init(
         address="local",
@@ -91,4 +109,28 @@ def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) 
         runtime_env=runtime_env(env),
         configure_logging=True,
         logging_level="WARNING",
+    )
+
+
+def cpu_headroom_warning(cluster_cpus: float, num_workers: int, cpus_per_worker: float) -> str | None:
+    """A warning when the run's workers would hold every CPU of the cluster it joined.
+
+    Ray Train reserves the workers' CPUs in a placement group; Ray Data's read tasks (1 CPU each) run
+    outside it. With no CPU left over they are never scheduled and the run waits with no message:
+    a `ray start --head` on a 2-core machine gives the cluster 2 CPUs, exactly what 2 workers take.
+    Only a warning: an autoscaling cluster adds a node for those pending tasks and goes on."""
+    need = num_workers * cpus_per_worker
+    if cluster_cpus - need >= 1:
+        return None
+    if cluster_cpus < need:
+        return (
+            f"raydistill: warning: the cluster has {cluster_cpus:g} CPUs and the run's {num_workers} workers "
+            f"reserve {need:g} (scaling.cpus_per_worker={cpus_per_worker:g}): it waits until nodes join "
+            "(an autoscaler adds them; on a fixed cluster it waits for ever)"
+        )
+    return (
+        f"raydistill: warning: the run's {num_workers} workers reserve {need:g} of the cluster's "
+        f"{cluster_cpus:g} CPUs, leaving none for Ray Data's read tasks: it waits until a node with free "
+        f"CPUs joins (on a fixed cluster, for ever); start the head with --num-cpus={math.ceil(need) + 2} or "
+        "lower scaling.cpus_per_worker"
     )
