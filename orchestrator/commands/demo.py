@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.commands.options import add_override_option
 from orchestrator.config import Config, apply_overrides, config_from_dict, read_yaml
 from orchestrator.errors import UserError
 
@@ -55,14 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"run directory (default {DEFAULT_RUN_DIR}, or a timestamped runs/demo-* if that holds another run)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the distillation config, e.g. --set train.max_steps=300 (repeatable)",
-    )
+    add_override_option(parser, "a key of the distillation config", "train.max_steps=300")
     parser.add_argument(
         "--config", default=str(DEMO_CONFIG), help="distillation config (default configs/demo.yaml)"
     )
@@ -72,13 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="config that pre-trains the teacher when no --teacher is given (default configs/teacher.yaml); "
         "its data section is replaced by the distillation config's",
     )
-    parser.add_argument(
-        "--teacher-set",
+    add_override_option(
+        parser,
+        "a key of the teacher pre-training config",
+        "train.max_steps=300",
+        flag="--teacher-set",
         dest="teacher_overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the teacher pre-training config, e.g. --teacher-set train.max_steps=300",
     )
     parser.add_argument(
         "--cache-dir",

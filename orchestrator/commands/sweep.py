@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from orchestrator.commands.options import add_override_option
 from orchestrator.errors import RunFailed, UserError
 from orchestrator.sweep.layout import POINTS_FILE
 from orchestrator.sweep.settings import SweepSettings
@@ -24,14 +25,7 @@ DEFAULT_NUM_SAMPLES = 8
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # No Ray imports here: the CLI builds every sub-command's parser on each start.
     parser.add_argument("--config", help="base YAML run config; each trial overrides the sampled keys")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a base config key, e.g. --set train.max_steps=300 (repeatable)",
-    )
+    add_override_option(parser, "a base config key", "train.max_steps=300")
     parser.add_argument(
         "--space",
         default="curriculum",

@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from orchestrator.commands.options import add_override_option
 from orchestrator.config import load_config
 from orchestrator.train.run import print_health, run_training
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)",
-    )
+    add_override_option(parser, "a config key", "train.lr=3e-4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
