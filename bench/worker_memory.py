@@ -175,6 +175,7 @@ def summarize_worker(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from orchestrator.config import load_config
+    from orchestrator.errors import Interrupted
     from orchestrator.train.run import run_training
     from orchestrator.train.telemetry import METRICS_FILE
 
@@ -184,14 +185,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sampler = Sampler(run_dir / METRICS_FILE, args.interval)
     sampler.start()
     started = time.perf_counter()
+    interrupted = None
     try:
         run_training(config, run_dir, echo=False)
+    except Interrupted as exc:  # Ctrl-C on a slow machine: keep what was sampled up to there
+        interrupted = str(exc)
     finally:
         sampler.stop.set()
         sampler.join()
     wall = time.perf_counter() - started
 
     max_steps = config.train.max_steps
+    if interrupted:
+        max_steps = last_step(run_dir / METRICS_FILE)  # the end of what ran
     workers = {
         str(pid): summarize_worker(s, max_steps, args.warmup_steps, args.flat_mb)
         for pid, s in sorted(sampler.samples.items())
@@ -203,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "config": args.config,
         "overrides": overrides,
-        "max_steps": max_steps,
+        "max_steps": config.train.max_steps,
+        "steps_run": max_steps,
+        "interrupted": interrupted,
         "interval_s": args.interval,
         "warmup_steps": args.warmup_steps,
         "flat_below_mb_per_100_steps": args.flat_mb,
