@@ -14,8 +14,10 @@ read from the run dir's metrics.jsonl.
 
 Reported per worker: RSS at the end of warm-up (the first sample at or past `--warmup-steps`, after
 the first eval and checkpoint), at the end (last sample at the final step), and the least-squares
-slope of RSS in MB per 100 steps over the second half of the steps; "flat" when that slope is below
-`--flat-mb` MB per 100 steps. Written to bench/results/worker_memory.json with the command line.
+slope of RSS in MB per 100 steps over the second half of the steps (the final step's eval, checkpoint
+and export left out); "flat" when that slope is below `--flat-mb` MB per 100 steps. Also the slope
+within the curriculum's last phase alone: each phase change raises what a step needs once (hidden
+states, then eager attention maps), which a leak-free run shows as a step, not a slope. Written to bench/results/worker_memory.json with the command line.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flat-mb", type=float, default=1.0, help="flat below this many MB per 100 steps")
     p.add_argument("--run-dir", default=None, help="default: a fresh temp dir")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--summarize", metavar="JSON", help="no run: summarize a recorded file's traces again, in place"
+    )
     args = p.parse_args(argv)
     args.out = Path(args.out)
     return args
@@ -144,14 +149,28 @@ def slope_per_100_steps(points: list[tuple[int, float]]) -> float:
     return 100.0 * cov / var
 
 
+def last_phase_start(config) -> int:
+    """First logged step of the curriculum's last phase, past its transition (0 without a curriculum).
+    A phase change asks for more outputs (hidden states, then eager attention maps), so the memory a
+    step needs rises there once: a slope across a transition is not a leak."""
+    if not config.curriculum.enabled:
+        return 0
+    first = int(config.curriculum.phase2_end * config.train.max_steps) + 1
+    return first + config.train.log_every
+
+
 def summarize_worker(
-    samples: list[tuple[float, int, int, int]], max_steps: int, warmup: int, flat_mb: float
+    samples: list[tuple[float, int, int, int]], max_steps: int, warmup: int, flat_mb: float, phase3: int
 ) -> dict[str, Any]:
     warm = [s for s in samples if s[1] >= warmup]
     at_end = [s for s in samples if s[1] >= max_steps] or samples[-1:]
-    second_half = [s for s in samples if s[1] >= max_steps // 2]
+    # The final step adds an eval, a checkpoint and the export: not part of the steady state.
+    steady = [s for s in samples if s[1] < max_steps]
+    second_half = [s for s in steady if s[1] >= max_steps // 2]
     rss_slope = slope_per_100_steps([(s[1], s[2] / MB) for s in second_half])
     uss_slope = slope_per_100_steps([(s[1], s[3] / MB) for s in second_half])
+    last_phase = [s for s in steady if s[1] >= max(phase3, warmup)]
+    phase3_slope = slope_per_100_steps([(s[1], s[2] / MB) for s in last_phase])
     return {
         "samples": len(samples),
         "first_step": samples[0][1],
@@ -164,6 +183,8 @@ def summarize_worker(
         "uss_end_mb": at_end[0][3] / MB,
         "rss_slope_mb_per_100_steps": rss_slope,
         "uss_slope_mb_per_100_steps": uss_slope,
+        "last_phase_from_step": max(phase3, warmup),
+        "last_phase_rss_slope_mb_per_100_steps": phase3_slope,
         "verdict": "flat" if rss_slope < flat_mb else "growing",
         "trace": [
             {"t_s": round(t, 2), "step": step, "rss_mb": round(rss / MB, 2), "uss_mb": round(uss / MB, 2)}
@@ -174,6 +195,8 @@ def summarize_worker(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.summarize:
+        return resummarize(Path(args.summarize))
     from orchestrator.config import load_config
     from orchestrator.errors import Interrupted
     from orchestrator.train.run import run_training
@@ -199,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if interrupted:
         max_steps = last_step(run_dir / METRICS_FILE)  # the end of what ran
     workers = {
-        str(pid): summarize_worker(s, max_steps, args.warmup_steps, args.flat_mb)
+        str(pid): summarize_worker(s, max_steps, args.warmup_steps, args.flat_mb, last_phase_start(config))
         for pid, s in sorted(sampler.samples.items())
         if len(s) >= 2
     }
@@ -223,20 +246,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average": os.getloadavg(),
         "ray": ray.__version__,
     }
+    print_table(results)
+    write_results(results, args.out)
+    return results
+
+
+def resummarize(path: Path) -> dict[str, Any]:
+    """A recorded file's per-worker figures computed again from its traces (the summary code changed)."""
+    import json
+
+    from orchestrator.config import load_config
+
+    results = json.loads(path.read_text())
+    config = load_config(results["config"], results["overrides"])
+    flat_mb = results["flat_below_mb_per_100_steps"]
+    for pid, w in results["workers"].items():
+        samples = [(t["t_s"], t["step"], t["rss_mb"] * MB, t["uss_mb"] * MB) for t in w["trace"]]
+        results["workers"][pid] = summarize_worker(
+            samples, results["steps_run"], results["warmup_steps"], flat_mb, last_phase_start(config)
+        )
+    print_table(results)
+    write_results(results, path)
+    return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    workers = results["workers"]
     print()
     print(
         f"{'worker pid':<12}{'samples':>8}{'steps':>10}{'RSS warm MB':>13}{'RSS end MB':>12}"
-        f"{'max MB':>9}{'slope MB/100 st':>17}{'USS slope':>11}  verdict"
+        f"{'max MB':>9}{'slope MB/100 st':>17}{'USS slope':>11}{'last phase':>12}  verdict"
     )
     for pid, w in workers.items():
         print(
             f"{pid:<12}{w['samples']:>8}{w['first_step']:>4}-{w['last_step']:<5}{w['rss_after_warmup_mb']:>13.1f}"
             f"{w['rss_end_mb']:>12.1f}{w['rss_max_mb']:>9.1f}{w['rss_slope_mb_per_100_steps']:>+17.2f}"
-            f"{w['uss_slope_mb_per_100_steps']:>+11.2f}  {w['verdict']}"
+            f"{w['uss_slope_mb_per_100_steps']:>+11.2f}{w['last_phase_rss_slope_mb_per_100_steps']:>+12.2f}"
+            f"  {w['verdict']}"
         )
-    print(f"{len(workers)} workers, {max_steps} steps, {wall:.0f} s wall")
-    write_results(results, args.out)
-    return results
+    print(f"{len(workers)} workers, {results['steps_run']} steps, {results['wall_s']:.0f} s wall")
 
 
 if __name__ == "__main__":
