@@ -111,7 +111,8 @@ def max_overlap(run_dir: Path, records) -> int:
         lines = (run_dir / "tune" / record.trial_id / "result.json").read_text().splitlines()
         stamps = [json.loads(line)["timestamp"] for line in lines if line.strip()]
         spans.append((min(stamps), max(stamps)))
-    # Strictly inside every span of a group (timestamps are whole seconds: touching is not overlapping).
+    # Spans as [first, last): timestamps are whole seconds, so a trial that ends in the second another
+    # starts does not count as running beside it.
     return max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
 
 
