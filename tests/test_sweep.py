@@ -1,7 +1,9 @@
-"""A real 4-trial sweep: local Ray, Tune's ASHA + the eval/train ratio stopper, each trial a TorchTrainer
-with one DeepSpeed worker on tiny models. One trial is built to overfit (train and eval text differ
-and its learning rate is ~70x the others'), and the ratio stopper must stop it. The other three share
-their phase-1 prefix, trained once. The best config then re-runs through `raydistill train`. No mocks."""
+"""A real 6-trial sweep, 2 trials at a time: local Ray, Tune's ASHA + the eval/train ratio stopper, each
+trial a TorchTrainer with one DeepSpeed worker on tiny models. One trial is built to overfit (train and
+eval text differ and its learning rate is ~70x the others'), and the ratio stopper must stop it. Three
+share their phase-1 prefix, trained once. Two learn slowly from step 0, for ASHA to cut. Every trial
+must end (none left ERROR or PENDING on a placement group a stopped trial kept). The best config then
+re-runs through `raydistill train`. No mocks."""
 
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ pytestmark = pytest.mark.ray
 MAX_STEPS = 40
 OVERFIT_LR = 1e-2
 SHARED_LR = 1.5e-4
+SLOW_LR = 2e-5  # no phase 1 to share, and worse than SHARED_LR at ASHA's rungs
+NUM_TRIALS = 6
+CONCURRENT = 2  # 4 logical CPUs: (4 - 1 for Ray Data) // (1 worker + 0.01 for the trial driver)
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +101,27 @@ def base_config(tmp_path: Path):
     )
 
 
+def max_overlap(run_dir: Path, records) -> int:
+    """The most trials whose Tune results (first to last, by Tune's wall-clock `timestamp`) span one
+    moment: a lower bound on how many ran at once."""
+    import json
+
+    spans = []
+    for record in records:
+        lines = (run_dir / "tune" / record.trial_id / "result.json").read_text().splitlines()
+        stamps = [json.loads(line)["timestamp"] for line in lines if line.strip()]
+        spans.append((min(stamps), max(stamps)))
+    # Spans as [first, last): timestamps are whole seconds, so a trial that ends in the second another
+    # starts does not count as running beside it.
+    return max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+
+
 def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp_path):
-    """One sweep, four trials under ASHA + the ratio stopper: three at one learning rate that differ
-    only in their phase boundaries (so they share a phase-1 prefix, trained once) and one that
-    overfits. The best config, trained from step 0 by `raydistill train`, reproduces its trial."""
+    """One sweep, six trials, two at a time, under ASHA + the ratio stopper: three at one learning rate
+    that differ only in their phase boundaries (so they share a phase-1 prefix, trained once), one
+    that overfits, two slow ones from step 0 (last in line, so the first four meet ASHA's rungs as
+    they would alone). Every trial finishes: TERMINATED, with a stated stop reason. The best config,
+    trained from step 0 by `raydistill train`, reproduces its trial."""
     import json
 
     import ray
@@ -107,6 +129,8 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
     from safetensors.torch import load_file
 
     from orchestrator.sweep.layout import TRIALS_DIR
+    from orchestrator.sweep.results import collect_trials
+    from orchestrator.sweep.run import max_concurrent_trials
     from orchestrator.sweep.shared_prefix import PREFIX_DIR, read_table
     from orchestrator.train.run import run_training
     from orchestrator.train.telemetry import METRICS_FILE
@@ -119,13 +143,29 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
         for p1 in forks
     ]
     points.append({"train.lr": OVERFIT_LR, "curriculum.phase1_end": 0.0, "curriculum.phase2_end": 0.3})
-    space = {"train.lr": tune.choice([SHARED_LR, OVERFIT_LR]), **get_space("curriculum")}
-    settings = SweepSettings(space="custom", num_samples=4, max_eval_train_ratio=2.0, ratio_grace_evals=1)
+    points += [
+        {"train.lr": SLOW_LR, "curriculum.phase1_end": 0.0, "curriculum.phase2_end": p2} for p2 in (0.0, 0.3)
+    ]
+    space = {"train.lr": tune.choice([SHARED_LR, OVERFIT_LR, SLOW_LR]), **get_space("curriculum")}
+    settings = SweepSettings(
+        space="custom", num_samples=NUM_TRIALS, max_eval_train_ratio=2.0, ratio_grace_evals=1
+    )
     run_dir = tmp_path / "sweep"
+    assert max_concurrent_trials(ray.cluster_resources(), base) == CONCURRENT
     summary = run_sweep(base, settings, run_dir, space=space, points=points)
 
+    # No trial lost: every one ended (TERMINATED, not ERROR, nor PENDING on a placement group that a
+    # stopped trial never released), and each says why it ended.
+    records = collect_trials(run_dir)
+    assert sorted(r.status for r in records) == ["TERMINATED"] * NUM_TRIALS, [
+        (r.trial_id, r.status) for r in records
+    ]
     rows = read_results_csv(run_dir / RESULTS_CSV)
-    assert len(rows) == 4
+    assert len(rows) == NUM_TRIALS
+    finished = [r for r in rows if r["stop_reason"] in ("completed", "scheduler", "eval_train_ratio")]
+    assert len(finished) == NUM_TRIALS, [(r["trial_id"], r["stop_reason"]) for r in rows]
+    # Two at a time, never more: some two trials' results interleave in time, no three do.
+    assert max_overlap(run_dir, records) == CONCURRENT
     for row in rows:
         assert {"trial_id", "train.lr", "curriculum.phase1_end", "curriculum.phase2_end"} <= set(row)
         assert float(row["curriculum.phase1_end"]) <= float(row["curriculum.phase2_end"])
@@ -172,7 +212,9 @@ def test_sweep_stops_the_overfitting_trial_and_best_config_trains(ray_local, tmp
     live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
     assert live == []
     assert (run_dir / "tune").is_dir()
-    assert len(list((run_dir / "trials").glob("*/metrics.jsonl"))) == 4
+    assert len(list((run_dir / "trials").glob("*/metrics.jsonl"))) == NUM_TRIALS
+    slow = [r for r in rows if float(r["train.lr"]) == SLOW_LR]
+    assert len(slow) == 2 and all(int(r["start_step"]) == 0 for r in slow)
 
     # best_config.yaml is a complete config `raydistill train` accepts as is. The best trial started
     # from the shared prefix; trained from step 0 it ends with the same student and eval ppl.
