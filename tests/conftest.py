@@ -15,7 +15,7 @@ def ray_cluster():
     placement-group cleaner needs it. 4 logical CPUs: 2 training workers plus Ray Data read tasks."""
     import ray
 
-    from orchestrator.train.ray_session import driver_env_vars, runtime_env
+    from orchestrator.train.ray_session import LOCAL_ONLY_ENV, driver_env_vars, runtime_env
 
     if ray.is_initialized():
         ray.shutdown()
@@ -25,7 +25,8 @@ def ray_cluster():
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         logging_level="WARNING",
-        runtime_env=runtime_env(driver_env_vars(use_gpu=False, environ={})),  # what ensure_ray sets
+        # What ensure_ray sets for the local instance it starts.
+        runtime_env=runtime_env({**driver_env_vars(use_gpu=False, environ={}), **LOCAL_ONLY_ENV}),
     )
     yield
     ray.shutdown()

@@ -30,6 +30,11 @@ WORKER_ENV = {
 }
 # Set only for CPU runs: on a GPU machine DeepSpeed must detect CUDA itself.
 CPU_ONLY_ENV = {"DS_ACCELERATOR": "cpu"}
+# Set only on the local instance the CLI starts. Ray Train's preemption watcher polls for nodes being
+# drained (spot reclaims, autoscaler scale-down); one local node is never drained, and the watcher's
+# actor logs an error-level "constructor arguments in the object store" line on every run. Clusters
+# joined through `ray job submit` or RAY_ADDRESS keep it.
+LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 SETUP_HOOK = "orchestrator.train.ray_session.pin_ray_address"
@@ -106,7 +111,7 @@ def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) 
         num_cpus=logical_cpus(num_workers, cpus_per_worker),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        runtime_env=runtime_env(env),
+        runtime_env=runtime_env({**env, **LOCAL_ONLY_ENV}),
         configure_logging=True,
         logging_level="WARNING",
     )
