@@ -149,7 +149,7 @@ def test_node_holding_a_worker_lost_run_resumes_from_checkpoint_when_capacity_re
     # Not graceful: the node's raylet and every process on it are SIGKILLed, as when a machine vanishes.
     cluster.remove_node(node, allow_graceful=False)
     time.sleep(RETURN_AFTER_S)
-    cluster.add_node(**NODE_ARGS)
+    new_node = cluster.add_node(**NODE_ARGS)
     trainer.join(timeout=600)
     assert not trainer.is_alive(), "the run did not end after capacity returned"
     if "error" in outcome:
@@ -160,6 +160,14 @@ def test_node_holding_a_worker_lost_run_resumes_from_checkpoint_when_capacity_re
     (group,) = [g for g in groups if g["state"] == "CREATED" and node_id in g["bundles_to_node_id"].values()]
     bundle_nodes = set(group["bundles_to_node_id"].values())
     assert len(bundle_nodes) == 2 and bundle_nodes <= {n.node_id for n in cluster.worker_nodes} | {node_id}
+    # The worker group that finished ran on the surviving worker node and the node that came back.
+    (survivor,) = bundle_nodes - {node_id}
+    later = [
+        g
+        for g in ray.util.placement_group_table().values()
+        if g["placement_group_id"] != group["placement_group_id"] and len(g["bundles"]) == 2
+    ]
+    assert any(set(g["bundles_to_node_id"].values()) == {survivor, new_node.node_id} for g in later), later
 
     # Rank 0 started steps 1-6, never ran 7 (its node went), then the restarted group went on from the
     # step-4 checkpoint: 5 and 6 again, then to the end.
