@@ -1,5 +1,6 @@
 """Fault injection for the end-to-end tests: a worker crash at a step or halfway through copying a
-checkpoint into the run dir, or NaN teacher logits.
+checkpoint into the run dir, a worker paused at a step (so a test can take its node away at a known
+point), or NaN teacher logits.
 
 Only active when the driver puts a `faults` dict into the loop config's runtime section (tests do;
 the CLI never does). It exercises the real recovery paths: Ray Train's FailureConfig restart from
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,12 @@ class FaultInjector:
         self.crash_marker = faults.get("crash_marker")
         self.crash_in_checkpoint_at_step = faults.get("crash_in_checkpoint_at_step")
         self.nan_teacher_steps = set(faults.get("nan_teacher_steps", []))
+        self.pause_at_step = faults.get("pause_at_step")
+        self.pause_rank = int(faults.get("pause_rank", 0))
+        self.pause_marker = faults.get("pause_marker")
+        self.pause_timeout_s = float(faults.get("pause_timeout_s", 120.0))
+        # Rank 0 appends the number of each step it starts: shows which steps a restart ran again.
+        self.step_log = faults.get("step_log")
         self.rank = rank
         self.current_step = 0
 
@@ -46,6 +54,10 @@ class FaultInjector:
     def before_step(self, step: int) -> None:
         """`step` is the 1-based number of the step about to run."""
         self.current_step = step
+        self._maybe_pause(step)
+        if self.step_log and self.rank == 0:
+            with open(self.step_log, "a") as f:
+                f.write(f"{step}\n")
         if self.crash_at_step is None or step != self.crash_at_step or self.rank != self.crash_rank:
             return
         self._crash_once()
@@ -58,6 +70,23 @@ class FaultInjector:
         # SIGKILL, not an exception or os._exit: no Python cleanup, no atexit, no flushed buffers;
         # the process is gone the way an OOM kill or a lost node leaves it.
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def _maybe_pause(self, step: int) -> None:
+        """Before `pause_at_step`, `pause_rank` writes its Ray node id to `pause_marker` and sleeps (the
+        other ranks wait for it in the step's first collective): the test removes that node meanwhile.
+        Once only, like the crash: the restarted run finds the marker and goes through."""
+        if self.pause_at_step is None or step != self.pause_at_step or self.rank != self.pause_rank:
+            return
+        marker = Path(self.pause_marker)
+        if marker.exists():
+            return
+        import ray
+
+        partial = marker.with_name(marker.name + ".tmp")  # renamed: the test never reads half an id
+        partial.write_text(ray.get_runtime_context().get_node_id())
+        partial.replace(marker)
+        # Bounded, so a test whose node removal never lands fails on its own assertions, not a hang.
+        time.sleep(self.pause_timeout_s)
 
     def checkpoint_upload_fn(self, step: int) -> Callable | None:
         """None (Ray's own copy into the run dir), or, at the chosen step on the crashing rank, a
