@@ -14,7 +14,7 @@ from workers.curriculum import COMPONENTS
 MAX_EVAL_TRAIN_RATIO = 2.0
 MAX_PART_DOMINANCE = 10.0
 # Below this raw value (nats for the KL parts) a part counts as matched, not as drowned by its weight.
-MATCHED_RAW = 0.1
+MATCHED_RAW = 0.05
 
 Verdict = tuple[str, bool, str]  # (check, passed, figure)
 
