@@ -48,9 +48,8 @@ def _part_dominance(record: dict[str, Any]) -> tuple[float, str, str] | None:
     suggest, changes nothing."""
     left_out = set(_matched(record))
     if record.get("phase") == 2:
-        left_out.add(
-            "feature"
-        )  # ramping in by design (workers/curriculum.py); judged at full weight in phase 3
+        # Ramping in by design (workers/curriculum.py): judged at full weight, in phase 3.
+        left_out.add("feature")
     parts = sorted(
         ((record.get(f"loss/{c}/scaled", 0.0), c) for c in _parts_on(record) if c not in left_out),
         reverse=True,
@@ -64,7 +63,7 @@ def _part_dominance(record: dict[str, Any]) -> tuple[float, str, str] | None:
 
 
 def _matched_note(records: Sequence[dict[str, Any]]) -> str:
-    """'; kd near 0 all run (raw < 0.1: ...)' for parts near zero at every step they were on."""
+    """'; kd near 0 all run (...)' for the parts near zero at every step they were on ('' if none)."""
     on = {c for r in records for c in _parts_on(r)}
     always = [
         c for c in COMPONENTS if c in on and all(c in _matched(r) for r in records if c in _parts_on(r))
@@ -123,7 +122,7 @@ def health_verdict(records: Sequence[dict[str, Any]]) -> list[Verdict]:
             (
                 f"no scaled part more than {MAX_PART_DOMINANCE:g}x the others",
                 True,
-                f"one part only (CE){note}" if not note else f"one part left to compare{note}",
+                f"one part left to compare{note}" if note else "one part only (CE)",
             )
         )
 
