@@ -44,7 +44,9 @@ def remove_orphaned_temp_checkpoints(temp_root: str | Path | None = None) -> lis
 
     A worker killed while it held one (SIGKILL, OOM, a lost node coming back) never ran the clean-up,
     and each such dir is a full copy of that rank's checkpoint: a few crashes of a large model would
-    fill the node's /tmp. The owner's pid is in the name, so a live worker's dir is never touched."""
+    fill the node's /tmp. The owner's pid is in the name, so a live worker's dir is never touched.
+    This assumes the temp dir is not shared with processes of another pid namespace (two containers
+    bind-mounting one /tmp), where a live worker's pid would look dead from here."""
     removed = []
     for directory in Path(temp_root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
         pid = directory.name[len(TEMP_PREFIX) :].split("-", 1)[0]
