@@ -169,8 +169,7 @@ def build_models(cfg: dict[str, Any], vocab: int, max_positions: int):
     """Teacher and student as `workers.loop.build_models` builds them, from preset configs (no tokenizer)."""
     from transformers import AutoModelForCausalLM
 
-    from workers.distill_loss import DistillationLoss
-    from workers.models import derive_student, hidden_size, num_layers
+    from workers.models import derive_student, distillation_loss_for
     from workers.presets import build_preset_config, preset_name
 
     def from_preset(spec: str, seed: int):
@@ -185,15 +184,7 @@ def build_models(cfg: dict[str, Any], vocab: int, max_positions: int):
         student = derive_student(teacher, cfg["derive"], seed + 1)
     else:
         student = from_preset(cfg["student"], seed + 1)
-    loss = DistillationLoss.from_config(
-        cfg["loss"],
-        cfg["curriculum"],
-        student_hidden_size=hidden_size(student),
-        teacher_hidden_size=hidden_size(teacher),
-        student_num_layers=num_layers(student),
-        teacher_num_layers=num_layers(teacher),
-    )
-    return teacher, student, loss
+    return teacher, student, distillation_loss_for(cfg, student, teacher)
 
 
 def random_batches(
