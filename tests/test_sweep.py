@@ -255,6 +255,21 @@ def test_cli_refuses_bad_input_in_one_line(argv, message, capsys):
     assert err.startswith("raydistill: error: ") and message in err and "\n" not in err
 
 
+def test_a_missing_student_path_is_refused_before_the_sweep_dir_is_written(tmp_path, capsys):
+    """The same preflight as `raydistill train`, before the sweep dir exists."""
+    from orchestrator.cli import main
+
+    run_dir = tmp_path / "sweep"
+    argv = ["sweep", "--config", str(ROOT / "configs" / "tiny.yaml"), "--run-dir", str(run_dir)]
+    code = main([*argv, "--set", f"student={tmp_path / 'no' / 'student'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith(
+        f"raydistill: error: student='{tmp_path / 'no' / 'student'}': no such model directory"
+    )
+    assert not run_dir.exists()
+
+
 def test_cli_resume_needs_a_sweep_dir(tmp_path, capsys):
     from orchestrator.cli import main
 

@@ -99,6 +99,7 @@ def run_sweep(
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    from orchestrator.train.preflight import preflight
     from orchestrator.train.ray_session import ensure_ray
     from orchestrator.train.trainer import prepare_run
 
@@ -115,6 +116,7 @@ def run_sweep(
     base_dict = base.to_dict()
     check_space(space, base_dict)
 
+    preflight(base)  # reads small files only: a refused sweep writes no sweep dir
     if not resume:
         init_sweep_dir(run_dir, base, settings)
     prepared = _absolute(prepare_run(base, run_dir))

@@ -9,12 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config
-from orchestrator.train.model_configs import (
-    PRESET_MAX_POSITIONS,
-    check_vocabularies,
-    max_positions_of,
-    text_config_of,
-)
+from orchestrator.train.model_configs import PRESET_MAX_POSITIONS, max_positions_of, text_config_of
 
 PARQUET_READER_LOGGER = "ray.data._internal.datasource.parquet_datasource"
 V2_READER_ENV = "RAY_DATA_USE_DATASOURCE_V2"  # Ray Data's own switch (1: V2 Parquet reader, 0: V1)
@@ -28,14 +23,12 @@ class PreparedRun:
 
 
 def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
-    """Resolve data (preparing a corpus if needed) and everything workers need, on the driver."""
+    """Resolve data (preparing a corpus if needed) and everything workers need, on the driver. The
+    inputs were checked first by `orchestrator.train.preflight.preflight` (train and sweep call it)."""
     import dataclasses
 
     from orchestrator.data.prepare import ensure_prepared, read_manifest
-    from orchestrator.train.preflight import check_model_specs
 
-    check_model_specs(config)  # a missing local path is refused before transformers asks the hub
-    check_vocabularies(config)
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
     max_positions = min(limits) if limits else PRESET_MAX_POSITIONS
     data_cfg = config.data
