@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 import threading
@@ -71,18 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def last_step(metrics_file: Path) -> int:
     """The last step the run logged so far (0 before its first report)."""
-    try:
-        lines = metrics_file.read_bytes().splitlines()
-    except FileNotFoundError:
-        return 0
-    import json
+    from orchestrator.train.telemetry import read_metrics  # drops a half-appended last line
 
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError):
-            continue  # a line being written
-    return 0
+    records = read_metrics(metrics_file)
+    return int(records[-1]["step"]) if records else 0
 
 
 def train_worker_pids() -> list[int]:
@@ -139,14 +132,10 @@ class Sampler(threading.Thread):
 
 def slope_per_100_steps(points: list[tuple[int, float]]) -> float:
     """Least-squares slope of (step, MB) points, in MB per 100 steps (nan with fewer than 2 steps)."""
-    n = len(points)
-    if n < 2 or len({s for s, _ in points}) < 2:
+    if len({s for s, _ in points}) < 2:
         return float("nan")
-    mean_s = sum(s for s, _ in points) / n
-    mean_m = sum(m for _, m in points) / n
-    cov = sum((s - mean_s) * (m - mean_m) for s, m in points)
-    var = sum((s - mean_s) ** 2 for s, _ in points)
-    return 100.0 * cov / var
+    steps, mbs = zip(*points)
+    return 100.0 * statistics.linear_regression(steps, mbs).slope
 
 
 def last_phase_start(config) -> int:
@@ -232,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "config": args.config,
         "overrides": overrides,
+        # What --summarize needs of the config, recorded: the config path may not exist on another checkout.
+        "last_phase_start": last_phase_start(config),
         "max_steps": config.train.max_steps,
         "steps_run": max_steps,
         "interrupted": interrupted,
@@ -255,15 +246,13 @@ def resummarize(path: Path) -> dict[str, Any]:
     """A recorded file's per-worker figures computed again from its traces (the summary code changed)."""
     import json
 
-    from orchestrator.config import load_config
-
     results = json.loads(path.read_text())
-    config = load_config(results["config"], results["overrides"])
+    phase_start = results["last_phase_start"]
     flat_mb = results["flat_below_mb_per_100_steps"]
     for pid, w in results["workers"].items():
         samples = [(t["t_s"], t["step"], t["rss_mb"] * MB, t["uss_mb"] * MB) for t in w["trace"]]
         results["workers"][pid] = summarize_worker(
-            samples, results["steps_run"], results["warmup_steps"], flat_mb, last_phase_start(config)
+            samples, results["steps_run"], results["warmup_steps"], flat_mb, phase_start
         )
     print_table(results)
     write_results(results, path)
