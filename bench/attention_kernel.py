@@ -128,9 +128,8 @@ def build_engine_for(
     """The model being pre-trained, wrapped as `workers.loop` wraps it, in a DeepSpeed engine."""
     from transformers import AutoModelForCausalLM
 
-    from workers.distill_loss import DistillationLoss
     from workers.engine import build_engine
-    from workers.models import hidden_size, num_layers
+    from workers.models import distillation_loss_for
     from workers.presets import build_preset_config
     from workers.student_module import StudentWithLoss
 
@@ -139,15 +138,7 @@ def build_engine_for(
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    size, layers = hidden_size(model), num_layers(model)
-    loss = DistillationLoss.from_config(
-        cfg["loss"],
-        cfg["curriculum"],
-        student_hidden_size=size,
-        teacher_hidden_size=size,
-        student_num_layers=layers,
-        teacher_num_layers=layers,
-    )
+    loss = distillation_loss_for(cfg, model, None)  # no teacher: CE only, sized on the model
     return build_engine(StudentWithLoss(model, loss), cfg, 1, fused_optimizer=fused_optimizer)
 
 

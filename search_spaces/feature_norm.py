@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import tune
 
-from workers.loss_kinds import FEATURE_NORMS
+from workers.loss_config import FEATURE_NORMS
 
 FEATURE_ALPHAS = (0.03, 0.1, 0.3, 1.0, 3.0)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import tune
 
-from workers.loss_kinds import KD_KINDS
+from workers.loss_config import KD_KINDS
 
 KD_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from tiny_llama import tiny_llama as build_tiny_llama
 
-from workers.curriculum import CurriculumSchedule
 from workers.distill_loss import DistillationLoss, OutputRequest
+from workers.loss_config import CurriculumConfig, LossConfig
 from workers.step import _teacher_outputs
 from workers.student_module import StudentWithLoss, base_attention, model_outputs
 
@@ -77,13 +77,25 @@ def test_both_kernels_give_the_same_logits_and_gradients(batch):
 def test_the_setting_reaches_the_student_and_the_teacher_in_a_distillation_step(batch):
     """Phase 1 (CE + KD) needs no maps: with "eager" both models still run eager."""
     input_ids, attention_mask, labels = batch
-    schedule = CurriculumSchedule(0.3, 0.6, {"ce": 0.3, "kd": 0.7, "feature": 1.0, "attention": 1.0})
-    loss = DistillationLoss(schedule, WIDTH, WIDTH, LAYERS, LAYERS)
+    loss = DistillationLoss(
+        LossConfig(alpha_ce=0.3, alpha_kd=0.7, alpha_feature=1.0, alpha_attention=1.0),
+        CurriculumConfig(phase1_end=0.3, phase2_end=0.6),
+        student_hidden_size=WIDTH,
+        teacher_hidden_size=WIDTH,
+        student_num_layers=LAYERS,
+        teacher_num_layers=LAYERS,
+    )
     for setting, expected in (("eager", "eager"), ("auto", "sdpa")):
         student, teacher = tiny_llama(seed=0), tiny_llama(seed=1).eval().requires_grad_(False)
         module = StudentWithLoss(student, loss, setting)
         teacher_out = _teacher_outputs(
             teacher, {"input_ids": input_ids, "attention_mask": attention_mask}, module, 0.1
         )
-        module(input_ids, attention_mask, labels, teacher_out, 0.1)
+        module(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            teacher_out=teacher_out,
+            progress=0.1,
+        )
         assert (kernel(student), kernel(teacher)) == (expected, expected)

@@ -19,7 +19,9 @@ def tiny_llama() -> transformers.LlamaForCausalLM:
 
 
 def loss_and_grads(module: StudentWithLoss, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
-    breakdown, _ = module(ids, torch.ones_like(ids), ids.clone(), None, 0.5)
+    breakdown = module(
+        input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone(), teacher_out=None, progress=0.5
+    ).breakdown
     breakdown.total.backward()
     grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
     module.zero_grad(set_to_none=True)

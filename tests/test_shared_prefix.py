@@ -17,6 +17,7 @@ from orchestrator.sweep.shared_prefix import (
     write_table,
 )
 from workers.curriculum import CurriculumSchedule
+from workers.loss_config import CurriculumConfig, LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,10 @@ def config(p1: float, p2: float, *overrides: str, max_steps: int = 160):
 def test_phase1_steps_are_the_steps_the_worker_trains_in_phase_1():
     for p1, p2, max_steps in [(0.3, 0.6, 160), (0.1125, 0.15, 160), (0.375, 0.5, 7), (0.5, 0.5, 5)]:
         c = config(p1, p2, max_steps=max_steps)
-        schedule = CurriculumSchedule(p1, p2, {"ce": 1, "kd": 1, "feature": 1, "attention": 1})
+        schedule = CurriculumSchedule(
+            CurriculumConfig(phase1_end=p1, phase2_end=p2),
+            LossConfig(alpha_ce=1, alpha_kd=1, alpha_feature=1, alpha_attention=1),
+        )
         n = phase1_steps(c)
         # Step k (0-based) trains at progress k / max_steps (workers.loop).
         assert all(schedule.phase(k / max_steps) == 1 for k in range(n))

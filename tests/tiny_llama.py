@@ -39,13 +39,14 @@ CE_ONLY = {
 def ce_module(model: transformers.PreTrainedModel, attn_implementation: str = "eager"):
     """`model` inside the module handed to DeepSpeed, with only CE on (no teacher, no curriculum)."""
     from workers.distill_loss import DistillationLoss
+    from workers.loss_config import CurriculumConfig, LossConfig
     from workers.models import hidden_size, num_layers
     from workers.student_module import StudentWithLoss
 
     width, layers = hidden_size(model), num_layers(model)
-    loss = DistillationLoss.from_config(
-        CE_ONLY,
-        {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
+    loss = DistillationLoss(
+        LossConfig(**CE_ONLY),
+        CurriculumConfig(enabled=False, phase1_end=0.0, phase2_end=0.0),
         student_hidden_size=width,
         teacher_hidden_size=width,
         student_num_layers=layers,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T), labels (B, T)
 
 
 def to_batch(input_ids: Any, device: torch.device | str = "cpu") -> Batch:

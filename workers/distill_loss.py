@@ -10,18 +10,18 @@ training has switched off.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from workers.curriculum import COMPONENTS, CurriculumSchedule, schedule_from_config
-from workers.loss_kinds import FEATURE_NORMS, KD_KINDS
+from workers.curriculum import COMPONENTS, CurriculumSchedule
+from workers.loss_config import CurriculumConfig, LossConfig
 from workers.losses import attention_loss, ce_loss, feature_loss, kd_loss
 
+# The components that read the teacher's outputs (ce alone needs no teacher forward).
 _TEACHER_COMPONENTS = ("kd", "feature", "attention")
 
 
@@ -85,31 +85,17 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[in
     return [(j, j * teacher_layers // student_layers) for j in range(1, student_layers + 1)]
 
 
-def _checked_layer_map(layer_map: Any, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+def _resolved_layer_map(
+    layer_map: str | Sequence[Sequence[int]], student_layers: int, teacher_layers: int
+) -> list[tuple[int, int]]:
+    """`LossConfig.layer_map` (its form already checked there) as pairs within both models' depths."""
     if isinstance(layer_map, str):
-        if layer_map != "auto":
-            raise ValueError(
-                f"layer_map must be 'auto' or a list of [student, teacher] pairs, got {layer_map!r}"
-            )
         return uniform_layer_map(student_layers, teacher_layers)
-    if not isinstance(layer_map, Sequence) or len(layer_map) == 0:
-        raise ValueError(
-            f"layer_map must be 'auto' or a non-empty list of [student, teacher] pairs, got {layer_map!r}"
-        )
     pairs = []
-    for pair in layer_map:
-        ok = (
-            isinstance(pair, Sequence)
-            and not isinstance(pair, str)
-            and len(pair) == 2
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
-        )
-        if not ok:
-            raise ValueError(f"layer_map pair {pair!r} must be [student_layer, teacher_layer] ints")
-        s, t = pair
-        if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
+    for s, t in layer_map:
+        if not (s <= student_layers and t <= teacher_layers):
             raise ValueError(
-                f"layer_map pair {list(pair)!r} is out of range: hidden_states indices are 0..{student_layers} "
+                f"layer_map pair {[s, t]!r} is out of range: hidden_states indices are 0..{student_layers} "
                 f"for the student and 0..{teacher_layers} for the teacher (0 = embeddings)"
             )
         pairs.append((s, t))
@@ -126,29 +112,25 @@ class DistillationLoss(nn.Module):
     """Curriculum-weighted sum of ce, kd, feature and attention losses.
 
     Args:
-        schedule: the curriculum (weights as a function of progress).
+        loss: weights and knobs (`LossConfig`: kd_temperature, kd_kind, jsd_beta feed
+            `workers.losses.kd_loss`, feature_norm `feature_loss`). layer_map is "auto"
+            (`uniform_layer_map`) or [[student_index, teacher_index], ...] over hidden_states indices
+            (0 = embeddings); attention uses the pairs with both indices >= 1, taking attentions[index - 1].
+        curriculum: the phase boundaries (`CurriculumConfig`); with `loss`'s alphas, the schedule.
         student_hidden_size, teacher_hidden_size: widths H_s, H_t; each projector is Linear(H_s, H_t).
         student_num_layers, teacher_num_layers: decoder layer counts S, T (hidden_states has S+1 / T+1 entries).
-        layer_map: "auto" (`uniform_layer_map`) or [[student_index, teacher_index], ...] over
-            hidden_states indices (0 = embeddings). Attention uses the pairs with both indices >= 1,
-            taking attentions[index - 1].
-        kd_temperature, kd_kind, jsd_beta: see `workers.losses.kd_loss`.
-        feature_norm: see `workers.losses.feature_loss`.
         ignore_index: label value excluded from ce.
     """
 
     def __init__(
         self,
-        schedule: CurriculumSchedule,
+        loss: LossConfig,
+        curriculum: CurriculumConfig,
+        *,
         student_hidden_size: int,
         teacher_hidden_size: int,
         student_num_layers: int,
         teacher_num_layers: int,
-        layer_map: str | Sequence[Sequence[int]] = "auto",
-        kd_temperature: float = 2.0,
-        kd_kind: str = "forward_kl",
-        jsd_beta: float = 0.5,
-        feature_norm: str = "layernorm",
         ignore_index: int = -100,
     ) -> None:
         super().__init__()
@@ -156,34 +138,24 @@ class DistillationLoss(nn.Module):
         teacher_hidden_size = _positive_int("teacher_hidden_size", teacher_hidden_size)
         student_num_layers = _positive_int("student_num_layers", student_num_layers)
         teacher_num_layers = _positive_int("teacher_num_layers", teacher_num_layers)
-        if isinstance(kd_temperature, bool) or not (
-            isinstance(kd_temperature, (int, float)) and math.isfinite(kd_temperature) and kd_temperature > 0
-        ):
-            raise ValueError(f"kd_temperature must be finite and > 0, got {kd_temperature!r}")
-        if kd_kind not in KD_KINDS:
-            raise ValueError(f"kd_kind must be one of {list(KD_KINDS)}, got {kd_kind!r}")
-        if not (isinstance(jsd_beta, (int, float)) and 0.0 <= jsd_beta <= 1.0):
-            raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta!r}")
-        if feature_norm not in FEATURE_NORMS:
-            raise ValueError(f"feature_norm must be one of {list(FEATURE_NORMS)}, got {feature_norm!r}")
 
-        self.layer_map: list[tuple[int, int]] = _checked_layer_map(
-            layer_map, student_num_layers, teacher_num_layers
+        self.layer_map: list[tuple[int, int]] = _resolved_layer_map(
+            loss.layer_map, student_num_layers, teacher_num_layers
         )
         # attentions[i] is layer i+1's map; the embeddings (index 0) have none.
         self.attention_pairs: list[tuple[int, int]] = [(s, t) for s, t in self.layer_map if s >= 1 and t >= 1]
-        if schedule.alpha["attention"] > 0 and not self.attention_pairs:
+        if loss.alpha_attention > 0 and not self.attention_pairs:
             raise ValueError(
                 f"layer_map {self.layer_map!r} has no pair with both indices >= 1, "
-                "but alpha['attention'] > 0 needs one (index 0 is the embeddings, which have no attention map)"
+                "but alpha_attention > 0 needs one (index 0 is the embeddings, which have no attention map)"
             )
-        self.schedule = schedule
+        self.schedule = CurriculumSchedule(curriculum, loss)
         self.student_num_layers = student_num_layers
         self.teacher_num_layers = teacher_num_layers
-        self.kd_temperature = float(kd_temperature)
-        self.kd_kind = kd_kind
-        self.jsd_beta = float(jsd_beta)
-        self.feature_norm = feature_norm
+        self.kd_temperature = loss.kd_temperature
+        self.kd_kind = loss.kd_kind
+        self.jsd_beta = loss.jsd_beta
+        self.feature_norm = loss.feature_norm
         self.ignore_index = ignore_index
         # One trained projection per mapped pair, student width -> teacher width (also when the widths
         # match: the student's basis need not line up with the teacher's).
@@ -191,53 +163,13 @@ class DistillationLoss(nn.Module):
             nn.Linear(student_hidden_size, teacher_hidden_size) for _ in self.layer_map
         )
 
-    @classmethod
-    def from_config(
-        cls,
-        loss_cfg: Mapping[str, Any],
-        curriculum_cfg: Mapping[str, Any],
-        student_hidden_size: int,
-        teacher_hidden_size: int,
-        student_num_layers: int,
-        teacher_num_layers: int,
-    ) -> DistillationLoss:
-        """Build from the `loss` and `curriculum` sections of `Config.to_dict()`.
-
-        The alphas and phase boundaries are required; the other knobs default to `__init__`'s.
-        Unknown keys are refused so a knob added to the config cannot be silently ignored here.
-        """
-        loss_keys = {
-            "alpha_ce",
-            "alpha_kd",
-            "alpha_feature",
-            "alpha_attention",
-            "kd_temperature",
-            "kd_kind",
-            "jsd_beta",
-            "feature_norm",
-            "layer_map",
-            "ignore_index",
-        }
-        _check_keys("loss", loss_cfg, loss_keys, {f"alpha_{name}" for name in COMPONENTS})
-        _check_keys(
-            "curriculum",
-            curriculum_cfg,
-            {"enabled", "phase1_end", "phase2_end"},
-            {"phase1_end", "phase2_end"},
-        )
-        schedule = schedule_from_config(curriculum_cfg, loss_cfg)
-        knobs = {key: loss_cfg[key] for key in loss_keys if key in loss_cfg and not key.startswith("alpha_")}
-        return cls(
-            schedule,
-            student_hidden_size=student_hidden_size,
-            teacher_hidden_size=teacher_hidden_size,
-            student_num_layers=student_num_layers,
-            teacher_num_layers=teacher_num_layers,
-            **knobs,
-        )
-
     def weights(self, progress: float) -> dict[str, float]:
         return self.schedule.weights(progress)
+
+    def needs_teacher(self, progress: float) -> bool:
+        """Whether any component at `progress` reads the teacher's outputs (else skip its forward)."""
+        weights = self.weights(progress)
+        return any(weights[name] > 0 for name in _TEACHER_COMPONENTS)
 
     def required_outputs(self, progress: float) -> OutputRequest:
         """Which optional outputs the models must produce at `progress` (none in phase 1)."""
@@ -338,12 +270,3 @@ def _layer_outputs(output: Any, who: str, attr: str, expected: int) -> Sequence[
     if len(values) != expected:
         raise RuntimeError(f"{who}.{attr} has {len(values)} entries, expected {expected} for this model")
     return values
-
-
-def _check_keys(section: str, cfg: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ValueError(f"{section} config has unknown key(s) {unknown}; known: {sorted(allowed)}")
-    missing = sorted(required - set(cfg))
-    if missing:
-        raise ValueError(f"{section} config is missing key(s) {missing}")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workers.loss_kinds import FEATURE_NORMS, KD_KINDS
+from workers.loss_config import FEATURE_NORMS, KD_KINDS
 
 # Floor for probabilities before log in attention_loss: causally masked keys have probability
 # exactly 0, and log(0) = -inf would turn 0 * -inf into NaN.

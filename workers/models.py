@@ -153,11 +153,12 @@ def distillation_loss_for(config: dict[str, Any], student, teacher):
     """The run's curriculum loss, with its feature projectors sized from student to teacher width.
     Without a teacher only CE is on (validated on the driver), so the loss is sized on the student."""
     from workers.distill_loss import DistillationLoss
+    from workers.loss_config import CurriculumConfig, LossConfig
 
     reference = teacher if teacher is not None else student
-    return DistillationLoss.from_config(
-        config["loss"],
-        config["curriculum"],
+    return DistillationLoss(
+        LossConfig(**config["loss"]),
+        CurriculumConfig(**config["curriculum"]),
         student_hidden_size=hidden_size(student),
         teacher_hidden_size=hidden_size(reference),
         student_num_layers=num_layers(student),

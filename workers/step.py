@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.data import Batch
 from workers.dist import all_reduce_sum, any_rank, world_size
-from workers.student_module import model_outputs
-
-Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T), labels (B, T)
+from workers.student_module import LossMode, model_outputs
 
 
 @dataclass
@@ -32,10 +31,9 @@ class StepResult:
 
 
 def _teacher_outputs(teacher: torch.nn.Module | None, batch: Batch, module, progress: float):
-    """`module`: the engine's StudentWithLoss (its loss decides what the teacher must return)."""
-    weights = module.loss.weights(progress)
-    if teacher is None or weights["kd"] == 0 and weights["feature"] == 0 and weights["attention"] == 0:
-        return None  # CE alone needs no teacher forward
+    """`module`: the engine's StudentWithLoss (its loss decides whether and what the teacher must return)."""
+    if teacher is None or not module.loss.needs_teacher(progress):
+        return None
     with torch.no_grad():
         return model_outputs(
             teacher,
@@ -83,21 +81,26 @@ def train_step(
     per_batch, bad_components = [], []
     for batch, n_tokens in zip(micro_batches, local_tokens):
         teacher_out = _teacher_outputs(teacher, batch, engine.module, progress)
-        breakdown, _ = engine(
-            batch["input_ids"], batch["attention_mask"], batch["labels"], teacher_out, progress
-        )
+        breakdown = engine(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            teacher_out=teacher_out,
+            progress=progress,
+            mode=LossMode.TRAIN,
+        ).breakdown
         nonfinite = breakdown.nonfinite()
         if any_rank(bool(nonfinite)):
             bad_components.extend(nonfinite or ["(another rank)"])
             del breakdown
             surrogate = engine(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["labels"],
-                None,
-                progress,
-                zero_surrogate=True,
-            )
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+                teacher_out=None,
+                progress=progress,
+                mode=LossMode.ZERO_SURROGATE,
+            ).breakdown.total
             engine.backward(surrogate, scale_wrt_gas=False)
         else:
             # engine.backward would divide by grad_accum; the token share already does the averaging.
@@ -126,7 +129,12 @@ def eval_pass(
         for batch in batches:
             teacher_out = _teacher_outputs(teacher, batch, engine.module, progress)
             breakdown, plain_ce = engine(
-                batch["input_ids"], batch["attention_mask"], batch["labels"], teacher_out, progress, True
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+                teacher_out=teacher_out,
+                progress=progress,
+                mode=LossMode.EVAL,
             )
             metrics = breakdown.to_metrics("eval")
             metrics["eval/ce"] = float(plain_ce)

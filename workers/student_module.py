@@ -6,6 +6,9 @@ projectors included) is computed in this module's `forward`, with the teacher's 
 
 from __future__ import annotations
 
+import enum
+from typing import NamedTuple
+
 import torch
 
 from workers.distill_loss import DistillationLoss, LossBreakdown, OutputRequest
@@ -31,10 +34,7 @@ def compile_for_training(model: torch.nn.Module) -> None:
     parameter names, state dict, DeepSpeed checkpoints and export stay those of the plain model.
     The loss stays eager: it branches on the training progress, which would recompile every step.
     Switching attention kernels or output requests (the curriculum's phases) recompiles once each.
-    On CPU the first step compiles C++ kernels (~25-60 s cold for the demo's teacher); each later
-    bf16 pre-training step of that teacher took 0.87x the time (bench/compile_step.py), at the same
-    losses. A distillation step gained 3-7% in a probe (the teacher's forward and the loss stay eager), so
-    the general default is off and configs/teacher.yaml turns it on."""
+    It trades a slow first step for faster later ones: BENCHMARKS.md, "Compiling the teacher's pre-training"."""
     import torch._dynamo
 
     # A machine that cannot compile (no C++ compiler, an unsupported op) trains eager instead of failing.
@@ -55,6 +55,27 @@ def model_outputs(
     )
 
 
+class LossMode(enum.Enum):
+    TRAIN = "train"  # the curriculum loss
+    EVAL = "eval"  # the curriculum loss, plus plain token CE from the same logits
+    # A scalar 0 whose backward gives exactly-zero gradients: it stands in for a micro-batch whose
+    # loss was non-finite (DeepSpeed's ZeRO optimizers need a backward before every step).
+    ZERO_SURROGATE = "zero_surrogate"
+
+
+class StudentLoss(NamedTuple):
+    """What `StudentWithLoss.forward` returns in every mode (a NamedTuple, which ZeRO-3's output
+    hooks walk like the tuple it is).
+
+    breakdown: the loss ledger; in ZERO_SURROGATE mode only its `total` (the surrogate) is set.
+    plain_ce: scalar token CE in EVAL mode (eval reports it even when alpha_ce is 0 and the breakdown
+        skipped CE); None in the other modes.
+    """
+
+    breakdown: LossBreakdown
+    plain_ce: torch.Tensor | None = None
+
+
 class StudentWithLoss(torch.nn.Module):
     def __init__(self, student: torch.nn.Module, loss: DistillationLoss, attn_implementation: str = "auto"):
         super().__init__()
@@ -65,30 +86,27 @@ class StudentWithLoss(torch.nn.Module):
 
     def forward(
         self,
+        *,
         input_ids: torch.Tensor,  # (B, T)
         attention_mask: torch.Tensor,  # (B, T)
         labels: torch.Tensor,  # (B, T), -100 where ignored
         teacher_out,
         progress: float,
-        with_plain_ce: bool = False,
-        zero_surrogate: bool = False,
-    ) -> tuple[LossBreakdown, torch.Tensor | None] | torch.Tensor:
-        """Returns the breakdown and, if asked, plain token CE from the same logits (eval reports it
-        even when alpha_ce is 0 and the breakdown skipped CE).
-
-        `zero_surrogate=True` returns instead a scalar 0 whose backward gives exactly-zero gradients
-        (logits-only forward; `nan_to_num`'s backward masks non-finite positions). It stands in for a
-        micro-batch whose loss was non-finite: DeepSpeed's ZeRO optimizers need a backward before
-        every step, and no non-finite value may reach the gradients."""
-        if zero_surrogate:
+        mode: LossMode = LossMode.TRAIN,
+    ) -> StudentLoss:
+        """The loss at `progress` in `mode` (see `LossMode`). Every mode runs here, inside the
+        engine's forward, where ZeRO-3 has gathered the parameters."""
+        if mode is LossMode.ZERO_SURROGATE:
+            # Logits-only forward; `nan_to_num`'s backward masks non-finite positions, so no
+            # non-finite value reaches the gradients.
             logits = self.student(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            return logits.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
+            return StudentLoss(LossBreakdown(total=logits.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0))
         request = self.loss.required_outputs(progress)
         student_out = model_outputs(self.student, input_ids, attention_mask, request, self.base_attention)
         # `.forward`, not `__call__`: the breakdown is a dataclass, which ZeRO-3's module hooks cannot
         # walk to register backward hooks; the projectors inside are still called as modules (hooked).
         breakdown = self.loss.forward(student_out, teacher_out, labels, attention_mask, progress)
-        plain_ce = None
-        if with_plain_ce:
+        if mode is LossMode.EVAL:
             plain_ce = breakdown.raw["ce"] if "ce" in breakdown.raw else ce_loss(student_out.logits, labels)
-        return breakdown, plain_ce
+            return StudentLoss(breakdown, plain_ce)
+        return StudentLoss(breakdown)
