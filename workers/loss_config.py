@@ -49,13 +49,16 @@ def _is_index(value: Any) -> bool:
 class LossConfig:
     """Weights and knobs of the distillation loss (see `workers.losses` for what each knob does)."""
 
+    # The weight of each part; the curriculum ramps feature and attention in (workers/curriculum.py).
     alpha_ce: float = 0.3
     alpha_kd: float = 0.7
     alpha_feature: float = 1.0
     alpha_attention: float = 1.0
+    # Logit distillation: T > 0, the divergence, and jsd's teacher weight (used by kd_kind "jsd" only).
     kd_temperature: float = 2.0
     kd_kind: str = "forward_kl"
     jsd_beta: float = 0.5
+    # How hidden states are compared once the student's is projected to the teacher's width.
     feature_norm: str = "layernorm"
     # "auto" (uniform, last student layer to last teacher layer) or a list of [student, teacher] pairs
     # of hidden_states indices (0 = embeddings).

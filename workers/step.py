@@ -19,7 +19,7 @@ import torch
 
 from workers.data import Batch
 from workers.dist import all_reduce_sum, any_rank, world_size
-from workers.student_module import LossMode, model_outputs
+from workers.student_module import LossMode, StudentLoss, model_outputs
 
 
 @dataclass
@@ -42,6 +42,17 @@ def _teacher_outputs(teacher: torch.nn.Module | None, batch: Batch, module, prog
             module.loss.required_outputs(progress),
             module.base_attention,
         )
+
+
+def _student_loss(engine, batch: Batch, teacher_out, progress: float, mode: LossMode) -> StudentLoss:
+    return engine(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        teacher_out=teacher_out,
+        progress=progress,
+        mode=mode,
+    )
 
 
 def _weighted_mean(sums: dict[str, float], tokens: float) -> dict[str, float]:
@@ -81,26 +92,12 @@ def train_step(
     per_batch, bad_components = [], []
     for batch, n_tokens in zip(micro_batches, local_tokens):
         teacher_out = _teacher_outputs(teacher, batch, engine.module, progress)
-        breakdown = engine(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            teacher_out=teacher_out,
-            progress=progress,
-            mode=LossMode.TRAIN,
-        ).breakdown
+        breakdown = _student_loss(engine, batch, teacher_out, progress, LossMode.TRAIN).breakdown
         nonfinite = breakdown.nonfinite()
         if any_rank(bool(nonfinite)):
             bad_components.extend(nonfinite or ["(another rank)"])
             del breakdown
-            surrogate = engine(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                labels=batch["labels"],
-                teacher_out=None,
-                progress=progress,
-                mode=LossMode.ZERO_SURROGATE,
-            ).breakdown.total
+            surrogate = _student_loss(engine, batch, None, progress, LossMode.ZERO_SURROGATE).breakdown.total
             engine.backward(surrogate, scale_wrt_gas=False)
         else:
             # engine.backward would divide by grad_accum; the token share already does the averaging.
@@ -128,14 +125,7 @@ def eval_pass(
     try:
         for batch in batches:
             teacher_out = _teacher_outputs(teacher, batch, engine.module, progress)
-            breakdown, plain_ce = engine(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                labels=batch["labels"],
-                teacher_out=teacher_out,
-                progress=progress,
-                mode=LossMode.EVAL,
-            )
+            breakdown, plain_ce = _student_loss(engine, batch, teacher_out, progress, LossMode.EVAL)
             metrics = breakdown.to_metrics("eval")
             metrics["eval/ce"] = float(plain_ce)
             per_batch.append((metrics, int(batch["attention_mask"].sum())))
