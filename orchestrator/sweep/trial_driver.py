@@ -180,16 +180,12 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     decision_file = trial_dir / f"{run_name}.decided"
     for stale in (stop_file, decision_file):
         stale.unlink(missing_ok=True)  # left by an interrupted sweep that is now resumed
-    runtime = {
-        **setup.prepared.loop_config["runtime"],
-        "run_dir": str(run_dir),
-        "student_dir": str(trial_dir / STUDENT_DIR),
-        "stop_file": str(stop_file),
-        "decision_file": str(decision_file),
-    }
-    if start_checkpoint is not None:
-        runtime["start_checkpoint"] = start_checkpoint
-    prepared = PreparedRun({"config": config.to_dict(), "runtime": runtime}, setup.prepared.data_dir)
+    prepared = dataclasses.replace(setup.prepared, config=config.to_dict()).with_runtime(
+        student_dir=str(trial_dir / STUDENT_DIR),
+        stop_file=str(stop_file),
+        decision_file=str(decision_file),
+        start_checkpoint=start_checkpoint,
+    )
 
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     acks = Queue(maxsize=1, actor_options={"num_cpus": 0})
