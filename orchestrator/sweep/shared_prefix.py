@@ -8,9 +8,8 @@ group, with a checkpoint at each trial's phase-1 end) and starts each trial from
 its own phase-1 end. That saves the repeated steps and changes nothing else: before its Train run
 starts, a forked trial reports to Tune the prefix run's evals up to its fork (the results it would
 have reported itself), so the scheduler and the ratio stopper see every trial at its true steps.
-(Without that replay a forked trial's first result, from after its fork, would be compared at an
-earlier ASHA rung with other trials' results from that rung: seen here, it stopped the trials with
-no phase 1, the best among them, against values from 10-20 steps further on.)
+(Without the replay ASHA judges a forked trial's first result at an earlier rung, a bias measured in
+BENCHMARKS.md, "Shared phase-1 prefix".)
 
 Only for schedulers that stop trials (ASHA, FIFO): PBT and HyperBand restart trials from Tune
 checkpoints, which the replayed results do not carry.

@@ -20,7 +20,7 @@ JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Every worker's environment. Quieting Ray's console is workers/ray_console.py's (added unless --verbose).
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
-    # Ray Train's print patch sends each worker print() to the console twice (RELIABILITY.md, "Console").
+    # Ray Train's print patch sends each worker print() to the console twice (RELIABILITY.md, "The console").
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 # Set only for CPU runs: on a GPU machine DeepSpeed must detect CUDA itself.
@@ -78,7 +78,7 @@ def pin_ray_address() -> None:
 
     Ray Train's placement-group cleaner looks its cluster up with no address, which finds the wrong
     one (or fails) when two Ray instances share a machine; each worker process knows its own cluster's
-    GCS address (RELIABILITY.md, "Two Ray instances on one machine")."""
+    GCS address (RELIABILITY.md, "The driver interrupted" and "`ray job submit` that gave no answer")."""
     import ray
 
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
