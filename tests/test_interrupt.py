@@ -1,6 +1,7 @@
 """Ctrl-C / SIGTERM during `raydistill train`: the step ends with a checkpoint, the driver exits with
-128 + the signal's number, and the same command resumes. Real signals to a real process (whose
-console is also checked for Ray's internals: the one CLI training run of the suite)."""
+128 + the signal's number, and the same command resumes. Real signals to a real process, whose
+console is also checked for lines of Ray's internals (tests/ray_noise.py): the suite's one
+`raydistill train` subprocess on a local Ray of its own."""
 
 from __future__ import annotations
 
