@@ -25,8 +25,9 @@ from orchestrator.train import ray_session, trainer
 from orchestrator.train.checkpoint_check import expected_shapes, first_mismatch
 from orchestrator.train.ray_checkpoints import SNAPSHOT_FILE
 from workers.checkpointing import STATE_FILE, parameter_shapes
-from workers.loop import build_models
+from workers.runtime import WorkerRuntime
 from workers.student_module import StudentWithLoss
+from workers.worker_setup import build_models
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -266,7 +267,7 @@ def test_empty_data_source_dir_is_refused(tmp_path, capsys):
 def loop_config(config, data_dir: Path) -> dict:
     return {
         "config": config.to_dict(),
-        "runtime": {"tokenizer": str(data_dir / "tokenizer"), "max_positions": 1024},
+        "runtime": WorkerRuntime(tokenizer=str(data_dir / "tokenizer"), max_positions=1024, student_dir=""),
     }
 
 

@@ -92,4 +92,4 @@ def test_workers_are_told_the_size_of_the_eval_split(tiny_data_dir, tmp_path):
 
     runtime = prepare_run(config, tmp_path / "run").loop_config["runtime"]
 
-    assert runtime["eval_sequences"] == read_manifest(tiny_data_dir)["eval_sequences"] > 0
+    assert runtime.eval_sequences == read_manifest(tiny_data_dir)["eval_sequences"] > 0

@@ -1,5 +1,7 @@
 """Ctrl-C / SIGTERM during `raydistill train`: the step ends with a checkpoint, the driver exits with
-128 + the signal's number, and the same command resumes. Real signals to a real process."""
+128 + the signal's number, and the same command resumes. Real signals to a real process, whose
+console is also checked for lines of Ray's internals (tests/ray_noise.py): the suite's one
+`raydistill train` subprocess on a local Ray of its own."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_noise import ray_internals_lines, repeated_worker_lines
 
 from orchestrator.errors import Interrupted
 from orchestrator.train.interrupt import REQUEST_FILE, GracefulInterrupt
@@ -124,11 +127,15 @@ def test_sigterm_to_raydistill_train_checkpoints_the_step_and_the_same_command_r
         # Training has started (past the first steps) and no checkpoint has been written yet.
         wait_for(lambda: len(metrics_steps(run_dir)) >= 3, 240, "the first logged steps")
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 143, err
     assert "Traceback" not in err
+    # The console holds raydistill's lines, none of Ray's internals (workers/ray_console.py).
+    assert ray_internals_lines(out + err) == []
+    assert repeated_worker_lines(out + err) == []
+    assert "raydistill: starting run in" in out
     last = err.strip().splitlines()[-1]
     assert last.startswith("raydistill: stopped by SIGTERM at step "), last
     steps = metrics_steps(run_dir)

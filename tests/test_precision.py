@@ -8,7 +8,7 @@ import torch
 from orchestrator.config import load_config
 from workers import precision
 from workers.ds_config import build_deepspeed_config
-from workers.loop import with_resolved_precision
+from workers.worker_setup import with_resolved_precision
 
 
 def set_cpu_bf16(monkeypatch, amx: bool, avx512_bf16: bool) -> None:

@@ -8,7 +8,8 @@ import logging
 
 from ray.data import DataContext
 
-from orchestrator.train.trainer import PARQUET_READER_LOGGER, V2_READER_ENV, configure_ray_data
+from orchestrator.train.trainer import V2_READER_ENV, configure_ray_data
+from workers.ray_console import PARQUET_READER_LOGGER
 
 
 def test_runs_read_parquet_with_the_v1_reader_and_no_progress_bars():

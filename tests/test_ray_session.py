@@ -16,6 +16,7 @@ from orchestrator.train.ray_session import (
     job_env_var_keys,
     runtime_env,
 )
+from workers.ray_console import QUIET_WORKER_ENV
 
 
 def job_environ(env_vars: dict[str, str]) -> dict[str, str]:
@@ -24,8 +25,13 @@ def job_environ(env_vars: dict[str, str]) -> dict[str, str]:
 
 
 def test_outside_a_job_every_worker_env_var_is_set():
-    assert driver_env_vars(use_gpu=False, environ={}) == {**WORKER_ENV, **CPU_ONLY_ENV}
-    assert driver_env_vars(use_gpu=True, environ={}) == WORKER_ENV
+    assert driver_env_vars(use_gpu=False, environ={}) == {**WORKER_ENV, **QUIET_WORKER_ENV, **CPU_ONLY_ENV}
+    assert driver_env_vars(use_gpu=True, environ={}) == {**WORKER_ENV, **QUIET_WORKER_ENV}
+
+
+def test_verbose_leaves_the_workers_console_settings_to_ray():
+    assert driver_env_vars(use_gpu=False, environ={}, verbose=True) == {**WORKER_ENV, **CPU_ONLY_ENV}
+    assert not QUIET_WORKER_ENV.keys() & WORKER_ENV.keys()
 
 
 def test_a_variable_the_job_sets_is_left_to_the_job():
@@ -43,7 +49,7 @@ def test_ray_merges_the_job_and_driver_runtime_envs_without_conflict():
     environ = job_environ(job_env["env_vars"])
 
     # What ray.init does inside a job: None means Ray refuses (ValueError in ray.init).
-    assert _merge_runtime_env(job_env, {"env_vars": {**WORKER_ENV, **CPU_ONLY_ENV}}) is None
+    assert _merge_runtime_env(job_env, {"env_vars": driver_env_vars(False, environ={})}) is None
     merged = _merge_runtime_env(job_env, {"env_vars": driver_env_vars(False, environ)})
 
     assert merged is not None

@@ -2,7 +2,7 @@
 checkpoint into the run dir, a worker paused at a step (so a test can take its node away at a known
 point), or NaN teacher logits.
 
-Only active when the driver puts a `faults` dict into the loop config's runtime section (tests do;
+Only active when the driver sets `WorkerRuntime.faults` (tests do, through `run_training(faults=...)`;
 the CLI never does). It exercises the real recovery paths: Ray Train's FailureConfig restart from
 the last checkpoint, and the skipping of non-finite steps (a NaN must never reach the optimizer).
 """

@@ -1,277 +1,220 @@
 """`train_loop_per_worker`: what each Ray Train worker runs.
 
-Everything arrives through the loop config (the function is pickled to other processes, so no module globals): `{"config": <resolved run config dict>,
-"runtime": {"tokenizer": path, "run_dir": path, "max_positions": int, "eval_sequences": int, ...}}`.
+Everything arrives through the loop config (the function is pickled to other processes, so no module
+globals): `{"config": <resolved run config dict>, "runtime": WorkerRuntime}` (workers/runtime.py).
 Every rank calls `ray.train.report` the same number of times (it is a barrier in Train V2) and all
-reported metrics are all-reduced first, since only rank 0's are kept.
+reported metrics are all-reduced first, since only rank 0's are kept. So every decision below is
+taken from values equal on all ranks (the step, the config, flags all-reduced with `any_rank`).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from workers.checkpointing import (
-    TrainingPosition,
-    remove_orphaned_temp_checkpoints,
-    restore,
-    saved_checkpoint,
-)
-from workers.curriculum import COMPONENTS
-from workers.data import TrainBatches, eval_batches
+from workers import ray_console
+from workers.checkpointing import saved_checkpoint
 from workers.dist import any_rank, barrier
-from workers.engine import build_engine, place_teacher
 from workers.export import export_student
-from workers.faults import FaultInjector
-from workers.models import (
-    DERIVED,
-    NO_TEACHER,
-    build_model,
-    check_vocabularies,
-    count_parameters,
-    derive_student,
-    distillation_loss_for,
-    load_tokenizer,
-    teacher_dtype,
-)
-from workers.precision import (
-    precision_note,
-    resolve_precision,
-    resolve_teacher_precision,
-    teacher_precision_note,
-)
-from workers.step import eval_pass, train_step
-from workers.student_module import StudentWithLoss, compile_for_training
+from workers.records import ThroughputWindow, TrainRawAverager, add_eval, step_record
+from workers.runtime import WorkerRuntime
+from workers.step import train_step
 from workers.tune_decision import wait_for_decision
+from workers.worker_setup import Worker, set_up
+
+if TYPE_CHECKING:
+    from workers.step import StepResult
 
 
 class TooManyNonFiniteSteps(RuntimeError):
     pass
 
 
-def with_resolved_precision(config: dict[str, Any], rank: int) -> dict[str, Any]:
-    """The run config with `deepspeed.precision: auto` decided on this worker's hardware (and a
-    console line from rank 0 when the choice or an emulated bf16 deserves one)."""
-    use_gpu = bool(config["scaling"]["use_gpu"])
-    ds = config["deepspeed"]
-    resolved = resolve_precision(ds["precision"], use_gpu)
-    teacher = resolve_teacher_precision(ds["teacher_precision"], resolved, use_gpu)
-    notes = [precision_note(ds["precision"], resolved, use_gpu)]
-    if config["teacher"] != NO_TEACHER:
-        notes.append(teacher_precision_note(ds["teacher_precision"], teacher, resolved, use_gpu))
-    for note in notes:
-        if note is not None and rank == 0:
-            print(f"raydistill: {note}", flush=True)
-    return {**config, "deepspeed": {**ds, "precision": resolved, "teacher_precision": teacher}}
+@dataclass(frozen=True)
+class StepPlan:
+    """What a worker does once step `step` is trained."""
+
+    eval: bool
+    checkpoint: bool
+    interrupted: bool  # the driver asked to stop: checkpoint this step, then leave
+    log: bool  # report a record (every eval and checkpoint is also logged)
+    too_many: bool  # too many non-finite steps in a row: report, then fail the run
 
 
-def build_models(config: dict[str, Any], runtime: dict[str, Any]):
-    train, ds = config["train"], config["deepspeed"]
-    tokenizer = load_tokenizer(runtime["tokenizer"])
-    max_positions = int(runtime["max_positions"])
-    dtype = teacher_dtype(ds["teacher_precision"])
-    teacher = None
-    if config["teacher"] != NO_TEACHER:
-        teacher = build_model(config["teacher"], tokenizer, max_positions, train["seed"], dtype)
-        teacher.eval().requires_grad_(False)
-    if config["student"] == DERIVED:
-        student = derive_student(teacher, config["derive"], train["seed"] + 1)
-    else:
-        student = build_model(config["student"], tokenizer, max_positions, train["seed"] + 1, torch.float32)
-    if teacher is not None:
-        check_vocabularies(teacher, student, tokenizer)
-    return tokenizer, teacher, student, distillation_loss_for(config, student, teacher)
+def plan_step(
+    train: dict[str, Any],
+    step: int,
+    checkpoint_steps: set[int],
+    skipped: bool,
+    interrupt_requested: bool,
+    nonfinite_streak: int,
+) -> StepPlan:
+    """The plan after step `step` (1-based) from the config's `train` section; `checkpoint_steps` are
+    extra steps to save (a prefix run's fork steps)."""
+    is_last = step == int(train["max_steps"])
+    do_eval = step % int(train["eval_every"]) == 0 or is_last
+    interrupted = interrupt_requested and not is_last  # the last step's checkpoint and export follow anyway
+    do_checkpoint = (
+        step % int(train["checkpoint_every"]) == 0 or is_last or step in checkpoint_steps or interrupted
+    )
+    do_log = step % int(train["log_every"]) == 0 or do_eval or do_checkpoint or skipped
+    too_many = nonfinite_streak >= int(train["max_nonfinite_in_a_row"])
+    return StepPlan(do_eval, do_checkpoint, interrupted, do_log, too_many)
 
 
-class TrainRawAverager:
-    """Mean raw value per component over the steps since the last eval, recombined with the current
-    weights, so `eval_train_ratio` compares eval and train totals at the same weights."""
+class RunControl:
+    """The files that end a run early, looked at by every rank after each step (one all-reduce each,
+    so all ranks leave at the same step)."""
 
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+    def __init__(self, runtime: WorkerRuntime):
+        self.stop_file = runtime.stop_file
+        self.interrupt_file = runtime.interrupt_file
 
-    def add(self, metrics: dict[str, float]) -> None:
-        for c in COMPONENTS:
-            if metrics.get(f"loss/{c}/weight", 0.0) > 0:
-                self.sums[c] = self.sums.get(c, 0.0) + metrics[f"loss/{c}/raw"]
-                self.counts[c] = self.counts.get(c, 0) + 1
+    def stopped(self) -> bool:
+        """Tune stopped this sweep trial (orchestrator/sweep/trial_driver.py)."""
+        return bool(self.stop_file) and any_rank(os.path.exists(self.stop_file))
 
-    def total_at(self, weights: dict[str, float]) -> float:
-        return sum(
-            w * self.sums[c] / self.counts[c] for c, w in weights.items() if w > 0 and self.counts.get(c)
+    def interrupt_requested(self) -> bool:
+        """The driver got Ctrl-C / SIGTERM (orchestrator/train/interrupt.py)."""
+        return bool(self.interrupt_file) and any_rank(os.path.exists(self.interrupt_file))
+
+
+class TrainingLoop:
+    """The steps of one set-up worker, from its restored position to the run's end."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.train = worker.config["train"]
+        self.max_steps = int(self.train["max_steps"])
+        # A prefix run trains on the full run's schedule but stops early (WorkerRuntime.stop_at_step).
+        self.stop_at = int(worker.runtime.stop_at_step or self.max_steps)
+        self.checkpoint_steps = {int(s) for s in worker.runtime.checkpoint_steps}
+        self.control = RunControl(worker.runtime)
+        self.averager = TrainRawAverager()
+        self.window = ThroughputWindow()
+        self.nonfinite_streak = 0
+
+    @property
+    def exports(self) -> bool:
+        """Whether a run that reaches `stop_at` exports the student: a prefix run's checkpoints are what
+        the trials need, not a half-trained student."""
+        return self.stop_at >= self.max_steps
+
+    def run(self) -> bool:
+        """Train up to `stop_at`. False when the run left early (stopped by Tune, or interrupted)."""
+        step = self.worker.position.step
+        while step < self.stop_at:
+            # Checked every step, not at the next report, so a trial Tune stopped trains no further
+            # while Ray tears it down.
+            if self.control.stopped():
+                return False
+            progress = step / self.max_steps
+            result = self.train_one_step(step, progress)
+            step += 1
+            plan = plan_step(
+                self.train,
+                step,
+                self.checkpoint_steps,
+                result.skipped,
+                self.control.interrupt_requested(),
+                self.nonfinite_streak,
+            )
+            if not (plan.log or plan.too_many):
+                continue
+            record = self.record(step, progress, result, plan.eval)
+            if plan.too_many:
+                self.fail(record, step, result)
+            self.report(step, record, plan.checkpoint)
+            if plan.interrupted:
+                return False  # no export: the rerun resumes from this checkpoint
+            if plan.eval:
+                self.hand_off_to_tune(step)
+            self.window.reset()
+        return True
+
+    def train_one_step(self, step: int, progress: float) -> StepResult:
+        """Step `step + 1`, with any injected faults around it, and its non-finite bookkeeping."""
+        worker = self.worker
+        worker.faults.before_step(step + 1)
+        window = worker.train_iter.window(int(self.train["grad_accum"]))
+        result = train_step(worker.engine, worker.teacher, window, progress)
+        worker.faults.after_step()
+        self.window.add(result.tokens)
+        if result.skipped:
+            worker.position.nonfinite_skipped += 1
+            self.nonfinite_streak += 1
+        else:
+            self.nonfinite_streak = 0
+            self.averager.add(result.metrics)
+        return result
+
+    def record(self, step: int, progress: float, result: StepResult, with_eval: bool) -> dict[str, Any]:
+        worker = self.worker
+        record = step_record(
+            step,
+            self.max_steps,
+            progress,
+            phase=worker.loss.schedule.phase(progress),
+            lr=float(worker.engine.optimizer.param_groups[0]["lr"]),
+            tokens_per_s=self.window.tokens_per_s(),
+            nonfinite_skipped=worker.position.nonfinite_skipped,
+            result=result,
+            static=worker.static,
+            stop_at=self.stop_at,
+        )
+        if with_eval:
+            add_eval(
+                record, worker.engine, worker.teacher, worker.evals, progress, worker.loss, self.averager
+            )
+        return record
+
+    def fail(self, record: dict[str, Any], step: int, result: StepResult) -> None:
+        """Report the step, then fail loudly; the last good checkpoint stays the run's latest."""
+        import ray.train
+
+        ray.train.report(record)
+        raise TooManyNonFiniteSteps(
+            f"{self.nonfinite_streak} non-finite steps in a row (components: {', '.join(result.nonfinite)}) "
+            f"at step {step}; stopping. The last good checkpoint is kept (train.max_nonfinite_in_a_row)"
         )
 
-    def reset(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
+    def report(self, step: int, record: dict[str, Any], checkpoint: bool) -> None:
+        """Report the record to Ray Train, with a checkpoint of this step when planned."""
+        import ray.train
 
+        worker = self.worker
+        worker.position.step, worker.position.data = step, worker.train_iter.position()
+        if not checkpoint:
+            ray.train.report(record)
+            return
+        with saved_checkpoint(
+            worker.engine, worker.position, worker.config, worker.rank, self.max_steps
+        ) as d:
+            ray.train.report(
+                record,
+                checkpoint=ray.train.Checkpoint.from_directory(d),
+                checkpoint_upload_fn=worker.faults.checkpoint_upload_fn(step),  # None: Ray's own copy
+            )
 
-def quiet_ray_train_reports() -> None:
-    """Ray Train logs every `report` call at INFO from a logger named after its module's file path
-    (so `LoggingConfig(log_level=...)` misses it); the console line comes from raydistill instead."""
-    import logging
-
-    from ray.train.v2._internal.execution import context
-
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    def hand_off_to_tune(self, step: int) -> None:
+        """A sweep trial's: Tune may stop it on this eval, so train no step past it until Tune has
+        decided (workers/tune_decision.py)."""
+        runtime = self.worker.runtime
+        if runtime.decision_file:
+            wait_for_decision(runtime.decision_file, runtime.stop_file, step)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
-    import ray.train.torch
 
-    quiet_ray_train_reports()
     config, runtime = loop_config["config"], loop_config["runtime"]
-    train = config["train"]
+    ray_console.quiet_train_worker(runtime.verbose)
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    # Ray gives each worker `cpus_per_worker` CPUs; more intra-op threads than that oversubscribes.
-    torch.set_num_threads(max(1, int(config["scaling"]["cpus_per_worker"])))
-    config = with_resolved_precision(config, rank)
-    torch.manual_seed(train["seed"] + rank)
-
-    device = ray.train.torch.get_device()  # cuda:<local rank> on GPU workers, cpu otherwise
-    tokenizer, teacher, student, loss = build_models(config, runtime)
-    # Counted before DeepSpeed: under ZeRO-3 parameters become empty placeholders.
-    static = {
-        "student_params": count_parameters(student),
-        "teacher_params": count_parameters(teacher) if teacher is not None else 0,
-        "world_size": world,
-    }
-    if train["compile"]:
-        compile_for_training(student)
-        if rank == 0:
-            print(
-                "raydistill: train.compile: the first step compiles the model (tens of seconds on CPU)",
-                flush=True,
-            )
-    faults = FaultInjector(runtime.get("faults"), rank)
-    for orphan in remove_orphaned_temp_checkpoints():
-        print(f"raydistill: removed {orphan}, a temp checkpoint left by a killed worker", flush=True)
-    faults.attach(teacher)
-    engine = build_engine(StudentWithLoss(student, loss, train["attn_implementation"]), config, world)
-    if teacher is not None:
-        teacher = place_teacher(teacher, config, device)
-
-    position = TrainingPosition()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and runtime.get("start_checkpoint"):
-        # A sweep trial that Tune restarts from its checkpoint (PBT, HyperBand) begins a new Train run.
-        checkpoint = ray.train.Checkpoint(runtime["start_checkpoint"])
-    if checkpoint is not None:
-        position = restore(engine, checkpoint, rank)
-
-    max_steps = int(train["max_steps"])
-    train_iter = TrainBatches(
-        ray.train.get_dataset_shard("train"),
-        int(train["micro_batch_size"]),
-        int(train["seed"]),
-        device=device,
-        **position.data,
-    )
-    evals = eval_batches(
-        ray.train.get_dataset_shard("eval"),
-        int(train["micro_batch_size"]),
-        int(train["eval_batches"]),
-        device,
-        shard_sequences=int(runtime.get("eval_sequences", 0)) // world,
-    )
-
-    nonfinite_streak = 0
-    averager = TrainRawAverager()
-    window_tokens, window_start = 0, time.perf_counter()
-    step = position.step
-    stop_file = runtime.get("stop_file")
-    # Written by the driver on Ctrl-C / SIGTERM (orchestrator.interrupt): checkpoint this step, then leave.
-    interrupt_file = runtime.get("interrupt_file")
-    decision_file = runtime.get("decision_file")  # a sweep trial's: see workers.tune_decision
-    # A sweep's shared phase-1 prefix (orchestrator.shared_prefix) trains on the full run's schedule
-    # but stops early, with a checkpoint at every step a trial forks from.
-    stop_at = int(runtime.get("stop_at_step") or max_steps)
-    checkpoint_steps = {int(s) for s in runtime.get("checkpoint_steps", ())}
-    while step < stop_at:
-        # A sweep trial Tune has stopped: leave at once (checked every step, not at the next report,
-        # so a stopped trial trains no further while Ray tears it down), no export.
-        if stop_file and any_rank(os.path.exists(stop_file)):
-            return
-        progress = step / max_steps
-        faults.before_step(step + 1)
-        result = train_step(engine, teacher, train_iter.window(int(train["grad_accum"])), progress)
-        faults.after_step()
-        step += 1
-        window_tokens += result.tokens
-        if result.skipped:
-            position.nonfinite_skipped += 1
-            nonfinite_streak += 1
-        else:
-            nonfinite_streak = 0
-            averager.add(result.metrics)
-
-        is_last = step == max_steps
-        do_eval = step % int(train["eval_every"]) == 0 or is_last
-        do_checkpoint = step % int(train["checkpoint_every"]) == 0 or is_last or step in checkpoint_steps
-        # Checked on every rank after each step, so all ranks save the same step's checkpoint.
-        interrupted = bool(interrupt_file) and any_rank(os.path.exists(interrupt_file)) and not is_last
-        do_checkpoint = do_checkpoint or interrupted
-        do_log = step % int(train["log_every"]) == 0 or do_eval or do_checkpoint or result.skipped
-        too_many = nonfinite_streak >= int(train["max_nonfinite_in_a_row"])
-        if not (do_log or too_many):
-            continue
-
-        elapsed = time.perf_counter() - window_start
-        record: dict[str, Any] = {
-            "step": step,
-            "max_steps": max_steps,
-            "progress": progress,
-            "phase": loss.schedule.phase(progress),
-            "lr": float(engine.optimizer.param_groups[0]["lr"]),
-            "tokens_per_s": window_tokens / elapsed if elapsed > 0 else 0.0,
-            "nonfinite_skipped": position.nonfinite_skipped,
-            **result.metrics,
-            **static,
-        }
-        if result.skipped:
-            record["nonfinite_components"] = ",".join(result.nonfinite)
-        if stop_at < max_steps:
-            record["stop_step"] = stop_at  # the progress line's eta counts to here
-        if do_eval:
-            eval_metrics = eval_pass(engine, teacher, evals, progress)
-            record.update(eval_metrics)
-            train_total = averager.total_at(loss.weights(progress))
-            record["eval_train_ratio"] = (
-                eval_metrics["eval/total"] / train_total if train_total > 0 else math.nan
-            )
-            averager.reset()
-        if too_many:
-            # The last good checkpoint stays the run's latest; report, then fail loudly.
-            ray.train.report(record)
-            raise TooManyNonFiniteSteps(
-                f"{nonfinite_streak} non-finite steps in a row (components: {', '.join(result.nonfinite)}) at step "
-                f"{step}; stopping. The last good checkpoint is kept (train.max_nonfinite_in_a_row)"
-            )
-        position.step, position.data = step, train_iter.position()
-        if do_checkpoint:
-            with saved_checkpoint(engine, position, config, rank, max_steps) as directory:
-                ray.train.report(
-                    record,
-                    checkpoint=ray.train.Checkpoint.from_directory(directory),
-                    checkpoint_upload_fn=faults.checkpoint_upload_fn(step),  # None: Ray's own copy
-                )
-        else:
-            ray.train.report(record)
-        if interrupted:
-            return  # no export: the rerun resumes from this checkpoint
-        if do_eval and decision_file:
-            # Tune may stop the trial on this eval: train no step past it until Tune has decided.
-            wait_for_decision(decision_file, stop_file, step)
-        window_tokens, window_start = 0, time.perf_counter()
-
-    if stop_at < max_steps:
-        return  # a prefix run: its checkpoints are what the trials need, not a half-trained student
-    export_student(engine, tokenizer, runtime["student_dir"], rank, int(config["deepspeed"]["zero_stage"]))
+    worker = set_up(config, runtime, context.get_world_rank(), context.get_world_size())
+    loop = TrainingLoop(worker)
+    if not loop.run() or not loop.exports:
+        return
+    zero_stage = int(worker.config["deepspeed"]["zero_stage"])
+    export_student(worker.engine, worker.tokenizer, runtime.student_dir, worker.rank, zero_stage)
     barrier()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands.options import add_override_option
+from orchestrator.commands.options import add_override_option, add_verbose_option
 from orchestrator.config import Config, apply_overrides, config_from_dict, read_yaml
 from orchestrator.errors import UserError
 
@@ -85,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evenly spaced eval-split sequences the teacher and student perplexities are measured on "
         f"(default {EVAL_SEQUENCES}; 0 = all)",
     )
+    add_verbose_option(parser)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def ensure_teacher(args: argparse.Namespace, distill: Config) -> tuple[Path, flo
         return model_dir, None
     print(f"pre-training the teacher into {run_dir} (cached: the next demo reuses it)", flush=True)
     started = time.perf_counter()
-    run_training(config, run_dir)
+    run_training(config, run_dir, verbose=args.verbose)
     return model_dir, time.perf_counter() - started
 
 
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         f"distillation: {distill.teacher} -> {distill.student}, {distill.train.max_steps} steps, into {run_dir}",
     )
     distill_started = time.perf_counter()
-    student_dir = run_training(distill, run_dir)
+    student_dir = run_training(distill, run_dir, verbose=args.verbose)
     timings["distill_s"] = time.perf_counter() - distill_started
 
     _stage(4, f"report: perplexity on {args.eval_sequences} eval sequences, summary, plots")

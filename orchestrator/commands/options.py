@@ -21,3 +21,12 @@ def add_override_option(
         metavar="KEY=VALUE",
         help=f"override {what}, e.g. {flag} {example} (repeatable)",
     )
+
+
+def add_verbose_option(parser: argparse.ArgumentParser) -> None:
+    """`--verbose`: Ray's console as Ray sets it (its INFO logs, progress bars, library warnings)."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own console output (INFO logs, progress bars, warnings) instead of quieting it",
+    )

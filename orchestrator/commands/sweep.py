@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.commands.options import add_override_option
+from orchestrator.commands.options import add_override_option, add_verbose_option
 from orchestrator.errors import RunFailed, UserError
 from orchestrator.sweep.layout import POINTS_FILE
 from orchestrator.sweep.settings import SweepSettings
@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-dir", default=None, help="sweep directory (default runs/sweep-<config>-<space>)"
     )
     parser.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted sweep in DIR")
+    add_verbose_option(parser)
 
 
 def default_run_dir(config_path: str, space: str) -> Path:
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             f"({settings.scheduler}, eval/train ratio limit {settings.max_eval_train_ratio:g}) in {run_dir}"
         )
     try:
-        summary = run_sweep(base, settings, run_dir, resume=args.resume is not None)
+        summary = run_sweep(base, settings, run_dir, resume=args.resume is not None, verbose=args.verbose)
     except KeyboardInterrupt:
         hint = resume_hint(run_dir)
         if hint is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.commands.options import add_override_option
+from orchestrator.commands.options import add_override_option, add_verbose_option
 from orchestrator.config import load_config
 from orchestrator.train.run import print_health, run_training
 
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir", default=None, help="run directory (default runs/<config name>); reused to resume"
     )
+    add_verbose_option(parser)
 
 
 def default_run_dir(config_path: str) -> Path:
@@ -29,7 +30,7 @@ def default_run_dir(config_path: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
-    student = run_training(config, run_dir)
+    student = run_training(config, run_dir, verbose=args.verbose)
     print(f"raydistill: student saved to {student} (load it with AutoModelForCausalLM.from_pretrained)")
     print_health(student.parent)
     return 0

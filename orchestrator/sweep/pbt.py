@@ -12,10 +12,8 @@ from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 class FinalResultPBT(PopulationBasedTraining):
     """PBT, except that a result at step >= max_steps never triggers a perturbation.
 
-    There is nothing left to train then: an exploit restarts the trial from the donor's checkpoint,
-    which may be the donor's own final one. Seen here, a trial exploited on its step-20-of-20 result
-    restarted from the donor's step-20 checkpoint, trained nothing, reported nothing, and ended with
-    no result of its own (its row said `not_started`)."""
+    There is nothing left to train then: an exploit would restart the trial from the donor's (maybe
+    final) checkpoint, and it would end with no result of its own (RELIABILITY.md, "Sweep trials")."""
 
     def __init__(self, *, max_steps: int, **kwargs):
         super().__init__(**kwargs)

@@ -8,6 +8,7 @@ phase-1 end (orchestrator.sweep.shared_prefix).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,8 @@ def concurrency_note(concurrent: int, settings: SweepSettings) -> str:
 
 def _absolute(prepared: PreparedRun) -> PreparedRun:
     """Trial drivers run in Tune's trial directories: hand them absolute data paths."""
-    loop_config = copy.deepcopy(prepared.loop_config)
-    runtime = loop_config["runtime"]
-    runtime["tokenizer"] = str(Path(runtime["tokenizer"]).resolve())
-    return PreparedRun(loop_config, Path(prepared.data_dir).resolve())
+    absolute = prepared.with_runtime(tokenizer=str(Path(prepared.runtime.tokenizer).resolve()))
+    return dataclasses.replace(absolute, data_dir=Path(prepared.data_dir).resolve())
 
 
 def _trial_name(trial) -> str:
@@ -88,13 +87,14 @@ def run_sweep(
     space: dict[str, Any] | None = None,
     resume: bool = False,
     points: list[dict[str, Any]] | None = None,
+    verbose: bool = False,
 ):
     """Run (or, with `resume`, continue) a sweep in `run_dir`; return the sweep_results summary.
 
     The trials' values are drawn up front (`sample_points`: the space's anchors first, no repeats) and
     handed to Tune as points to evaluate. `space` replaces the named space (tests); `points` pins the
     trials' values, one dict of dotted keys per trial (benchmarks comparing schedulers on the same
-    trials)."""
+    trials). `verbose` leaves Ray's console as Ray sets it (workers/ray_console.py)."""
     import ray
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
@@ -119,8 +119,9 @@ def run_sweep(
     preflight(base)  # reads small files only: a refused sweep writes no sweep dir
     if not resume:
         init_sweep_dir(run_dir, base, settings)
-    prepared = _absolute(prepare_run(base, run_dir))
-    ensure_ray(base.scaling.num_workers, base.scaling.cpus_per_worker, base.scaling.use_gpu)
+    prepared = _absolute(prepare_run(base, run_dir, verbose=verbose))
+    scaling = base.scaling
+    ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
     tune_dir = run_dir / TUNE_DIR
     restoring = resume and tune.Tuner.can_restore(str(tune_dir))
     concurrent = max_concurrent_trials(ray.cluster_resources(), base, settings.max_concurrent)

@@ -8,9 +8,8 @@ group, with a checkpoint at each trial's phase-1 end) and starts each trial from
 its own phase-1 end. That saves the repeated steps and changes nothing else: before its Train run
 starts, a forked trial reports to Tune the prefix run's evals up to its fork (the results it would
 have reported itself), so the scheduler and the ratio stopper see every trial at its true steps.
-(Without that replay a forked trial's first result, from after its fork, would be compared at an
-earlier ASHA rung with other trials' results from that rung: seen here, it stopped the trials with
-no phase 1, the best among them, against values from 10-20 steps further on.)
+(Without the replay ASHA judges a forked trial's first result at an earlier rung, a bias measured in
+BENCHMARKS.md, "Shared phase-1 prefix".)
 
 Only for schedulers that stop trials (ASHA, FIFO): PBT and HyperBand restart trials from Tune
 checkpoints, which the replayed results do not carry.
@@ -28,14 +27,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import Config, config_from_dict
 from orchestrator.errors import root_cause
 from orchestrator.sweep.layout import EVAL_METRIC
 from workers.curriculum import schedule_from_config
+
+if TYPE_CHECKING:
+    from orchestrator.train.trainer import PreparedRun
 
 BOUNDARY_KEYS = ("phase1_end", "phase2_end")
 PREFIX_DIR = "prefixes"
@@ -186,28 +188,25 @@ def checkpoints_by_step(run_dir: Path) -> dict[int, str]:
     return found
 
 
-def train_prefix(run: PrefixRun, sweep_dir: Path, prepared) -> PrefixRun:
+def train_prefix(run: PrefixRun, sweep_dir: Path, prepared: PreparedRun) -> PrefixRun:
     """Train one prefix run (or finish an interrupted one: Ray Train resumes the same run dir) and
     return it with its checkpoints filled in."""
     from orchestrator.train.run import TrainingFailed
     from orchestrator.train.telemetry import MetricsCallback
-    from orchestrator.train.trainer import PreparedRun, build_trainer
+    from orchestrator.train.trainer import build_trainer
 
     config = config_from_dict(run.config)
     root = sweep_dir / PREFIX_DIR / run.key
     run_dir = root / "run"
-    runtime = {
-        **prepared.loop_config["runtime"],
-        "run_dir": str(run_dir),
-        "student_dir": str(root / "student"),  # never written: a prefix run stops before the end
-        "stop_at_step": run.steps,
-        "checkpoint_steps": run.fork_steps,
-    }
-    loop_config = {"config": config.to_dict(), "runtime": runtime}
+    prefix = replace(prepared, config=config.to_dict()).with_runtime(
+        student_dir=str(root / "student"),  # never written: a prefix run stops before the end
+        stop_at_step=run.steps,
+        checkpoint_steps=tuple(run.fork_steps),
+    )
     trainer = build_trainer(
         config,
         run_dir,
-        PreparedRun(loop_config, prepared.data_dir),
+        prefix,
         callbacks=[MetricsCallback(str(root))],  # its progress line: no Tune table yet
     )
     try:
@@ -222,7 +221,7 @@ def train_prefix(run: PrefixRun, sweep_dir: Path, prepared) -> PrefixRun:
     return PrefixRun(run.key, run.config, run.fork_steps, run.trials, found)
 
 
-def train_prefixes(sweep_dir: Path, prepared) -> dict[str, PrefixRun]:
+def train_prefixes(sweep_dir: Path, prepared: PreparedRun) -> dict[str, PrefixRun]:
     """Train every prefix run of the sweep's table not trained yet; return the table."""
     table = read_table(sweep_dir)
     for key, run in table.items():

@@ -11,9 +11,7 @@ Tune restarts from a checkpoint (PBT exploit, HyperBand resume) starts a fresh T
 Stopping. When Tune stops or pauses a trial, the trainable's `cleanup` (the `StopTrainRunsFirst`
 mixin) writes the Train run's stop file and waits for `trainer.fit()` to return: the worker loop
 checks the file at every step and returns, and the Train controller then releases its workers'
-placement group itself. Without that wait, ending the trial's actor would kill the controller first
-and leave the placement group to Ray Train's cleaner, which fails when several Ray instances share a
-machine; the next trials would then wait forever for CPUs.
+placement group itself, so the next trials get their CPUs (RELIABILITY.md, "Sweep trials").
 """
 
 from __future__ import annotations
@@ -63,10 +61,8 @@ class TuneRelay(UserCallback):
     The driver acknowledges a record once `ray.tune.report` returns, i.e. once the scheduler and the
     stoppers let the trial go on, and writes the step to the trial's decision file, which the
     workers wait for after each eval (workers.tune_decision): a trial that Tune stops or pauses at
-    an eval trains no step past it. (Without any wait, Train ran a report or two ahead and stopped
-    ASHA trials overran their rung by up to two evals; with this hold alone, by `train.log_every`.)
-    Once the trial is stopping (its stop file exists) nothing is waited on, so the controller never
-    blocks while its workers wind down.
+    an eval trains no step past it (RELIABILITY.md, "Sweep trials"). Once the trial is stopping (its
+    stop file exists) nothing is waited on, so the controller never blocks while its workers wind down.
     """
 
     def __init__(self, queue, acks, with_checkpoints: bool, stop_file: str):
@@ -103,11 +99,10 @@ class StopTrainRunsFirst:
     """Mixin for the trial driver's Tune trainable (through `__mixins__`, the function-trainable hook).
 
     When Tune stops or pauses a trial it calls `cleanup` and then ends the trial's actor, which would
-    take the Train controller down with it before it removes its workers' placement group (Ray Train's
-    own cleaner for that case needs the state API, which fails when several Ray instances share a
-    machine). So `cleanup` first writes the stop file, which the worker loop checks at every step,
-    and waits until `trainer.fit()` has returned: the workers leave at their next step and the
-    controller releases their resources itself.
+    take the Train controller down with it before it removes its workers' placement group. So
+    `cleanup` first writes the stop file, which the worker loop checks at every step, and waits until
+    `trainer.fit()` has returned: the workers leave at their next step and the controller releases
+    their resources itself.
     """
 
     def cleanup(self):
@@ -180,16 +175,12 @@ def trial_driver(trial_params: dict[str, Any], setup: TrialSetup) -> None:
     decision_file = trial_dir / f"{run_name}.decided"
     for stale in (stop_file, decision_file):
         stale.unlink(missing_ok=True)  # left by an interrupted sweep that is now resumed
-    runtime = {
-        **setup.prepared.loop_config["runtime"],
-        "run_dir": str(run_dir),
-        "student_dir": str(trial_dir / STUDENT_DIR),
-        "stop_file": str(stop_file),
-        "decision_file": str(decision_file),
-    }
-    if start_checkpoint is not None:
-        runtime["start_checkpoint"] = start_checkpoint
-    prepared = PreparedRun({"config": config.to_dict(), "runtime": runtime}, setup.prepared.data_dir)
+    prepared = dataclasses.replace(setup.prepared, config=config.to_dict()).with_runtime(
+        student_dir=str(trial_dir / STUDENT_DIR),
+        stop_file=str(stop_file),
+        decision_file=str(decision_file),
+        start_checkpoint=start_checkpoint,
+    )
 
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     acks = Queue(maxsize=1, actor_options={"num_cpus": 0})

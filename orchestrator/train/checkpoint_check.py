@@ -43,8 +43,8 @@ def expected_shapes(loop_config: dict[str, Any]) -> dict[str, list[int]]:
     from workers.student_module import StudentWithLoss
 
     config, runtime = loop_config["config"], loop_config["runtime"]
-    tokenizer = load_tokenizer(runtime["tokenizer"])
-    max_positions = int(runtime["max_positions"])
+    tokenizer = load_tokenizer(runtime.tokenizer)
+    max_positions = runtime.max_positions
     teacher = None
     if config["teacher"] != NO_TEACHER:
         teacher = _meta_model(config["teacher"], tokenizer, max_positions)

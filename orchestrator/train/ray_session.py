@@ -12,28 +12,21 @@ import json
 import math
 import os
 
+from workers import ray_console
+
 # Set by `ray job submit` in the driver's environment: the job's config, runtime_env included.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
-# Keep the console to raydistill's own progress lines: no Ray Data progress bars (raw terminal codes
-# in job logs), no DeepSpeed accelerator-detection warning, no torch.distributed deprecation noise.
+# Every worker's environment. Quieting Ray's console is workers/ray_console.py's (added unless --verbose).
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    # transformers' "Loading weights" / "Writing model shards" bars would break up the progress line.
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "PYTHONWARNINGS": "ignore::FutureWarning",
-    # Ray Train 2.60 sends a worker's print() both to Ray's log stream and, through its own root-logger
-    # handler, to the console again (ray/train/v2/_internal/logging/patch_print.py): every worker line
-    # reached the console twice. Off, each print reaches the driver once through Ray's log stream.
+    # Ray Train's print patch sends each worker print() to the console twice (RELIABILITY.md, "The console").
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 # Set only for CPU runs: on a GPU machine DeepSpeed must detect CUDA itself.
 CPU_ONLY_ENV = {"DS_ACCELERATOR": "cpu"}
-# Set only on the local instance the CLI starts. Ray Train's preemption watcher polls for nodes being
-# drained (spot reclaims, autoscaler scale-down); one local node is never drained, and the watcher's
-# actor logs an error-level "constructor arguments in the object store" line on every run. Clusters
-# joined through `ray job submit` or RAY_ADDRESS keep it.
+# Set only on the local instance the CLI starts: Ray Train's preemption watcher waits for nodes being
+# drained, which one local node never is (and its actor logs an error line on every run).
 LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
@@ -58,10 +51,10 @@ def job_env_var_keys(environ=os.environ) -> set[str]:
         return set()
 
 
-def driver_env_vars(use_gpu: bool, environ=os.environ) -> dict[str, str]:
+def driver_env_vars(use_gpu: bool, environ=os.environ, verbose: bool = False) -> dict[str, str]:
     """raydistill's worker env vars, minus any the job's own runtime_env sets: Ray refuses to merge a
     job's runtime_env with ray.init's when both name the same variable, and the user's value wins."""
-    env = WORKER_ENV if use_gpu else {**WORKER_ENV, **CPU_ONLY_ENV}
+    env = {**WORKER_ENV, **ray_console.worker_env(verbose), **({} if use_gpu else CPU_ONLY_ENV)}
     taken = job_env_var_keys(environ)
     return {k: v for k, v in env.items() if k not in taken}
 
@@ -83,23 +76,24 @@ def runtime_env(env_vars: dict[str, str], environ=os.environ) -> dict:
 def pin_ray_address() -> None:
     """Worker-process setup hook: name this cluster in RAY_ADDRESS.
 
-    Ray Train's placement-group cleaner looks its cluster up with no address; with two Ray instances on
-    one machine (two runs, a run beside a test cluster, a `ray start` head beside a local run) that
-    lookup connects to the newest instance, or fails with "Found multiple active Ray instances"; the
-    cleaner dies with a traceback on the console ("Failed to register placement group with cleaner",
-    seen under `ray job submit` too), and nothing frees the run's placement group if the driver dies.
-    Each worker process knows its own cluster's GCS address."""
+    Ray Train's placement-group cleaner looks its cluster up with no address, which finds the wrong
+    one (or fails) when two Ray instances share a machine; each worker process knows its own cluster's
+    GCS address (RELIABILITY.md, "The driver interrupted" and "`ray job submit` that gave no answer")."""
     import ray
 
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
-def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) -> None:
+def ensure_ray(
+    num_workers: int, cpus_per_worker: float, use_gpu: bool = False, verbose: bool = False
+) -> None:
+    """Join the cluster of a submitted job (or RAY_ADDRESS), else start a local instance; `verbose`
+    leaves Ray's console as Ray sets it (workers/ray_console.py)."""
     import ray
 
     if ray.is_initialized():
         return
-    env = driver_env_vars(use_gpu)
+    env = driver_env_vars(use_gpu, verbose=verbose)
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         ray.init(runtime_env=runtime_env(env), log_to_driver=True)
         warning = cpu_headroom_warning(ray.cluster_resources().get("CPU", 0.0), num_workers, cpus_per_worker)
@@ -112,8 +106,7 @@ def ensure_ray(num_workers: int, cpus_per_worker: float, use_gpu: bool = False) 
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         runtime_env=runtime_env({**env, **LOCAL_ONLY_ENV}),
-        configure_logging=True,
-        logging_level="WARNING",
+        **ray_console.ray_init_logging(verbose),
     )
 
 

@@ -14,10 +14,13 @@ def _workers(count: int) -> str:
     return f"{count} worker" if count == 1 else f"{count} workers"
 
 
-def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict | None = None) -> Path:
+def run_training(
+    config: Config, run_dir: Path, echo: bool = True, faults: dict | None = None, verbose: bool = False
+) -> Path:
     """Prepare data, run the TorchTrainer to the end, return the exported student's path.
 
-    `faults` (tests only) is passed to workers.faults.FaultInjector."""
+    `faults` (tests only) is passed to workers.faults.FaultInjector; `verbose` leaves Ray's console as
+    Ray sets it (workers/ray_console.py)."""
     from orchestrator.train.preflight import preflight
     from orchestrator.train.ray_checkpoints import unregistered_checkpoints
     from orchestrator.train.ray_session import ensure_ray
@@ -28,14 +31,15 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
     run_dir = run_dir.resolve()
     preflight(config)  # reads small files only: a refused run writes nothing
     resuming = prepare_run_dir(run_dir, config)
-    prepared = prepare_run(config, run_dir)
+    prepared = prepare_run(config, run_dir, verbose=verbose)
     if resuming:
         from orchestrator.train.checkpoint_check import check_checkpoints_fit
 
         check_checkpoints_fit(run_dir, prepared.loop_config)  # before Ray: DeepSpeed would fail in a worker
     if faults:
-        prepared.loop_config["runtime"]["faults"] = faults
-    ensure_ray(config.scaling.num_workers, config.scaling.cpus_per_worker, config.scaling.use_gpu)
+        prepared = prepared.with_runtime(faults=faults)
+    scaling = config.scaling
+    ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
     if echo:
         verb = "resuming" if resuming else "starting"
         print(
@@ -48,7 +52,7 @@ def run_training(config: Config, run_dir: Path, echo: bool = True, faults: dict 
             )
     callback = MetricsCallback(str(run_dir), debug_every=config.train.debug_every, echo=echo)
     with GracefulInterrupt(run_dir) as interrupt:
-        prepared.loop_config["runtime"]["interrupt_file"] = str(interrupt.request_file)
+        prepared = prepared.with_runtime(interrupt_file=str(interrupt.request_file))
         trainer = build_trainer(config, run_dir, prepared, callbacks=[callback])
         try:
             result = interrupt.call(trainer.fit)

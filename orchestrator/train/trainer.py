@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,23 +10,35 @@ from typing import Any
 
 from orchestrator.config import Config
 from orchestrator.train.model_configs import PRESET_MAX_POSITIONS, max_positions_of, text_config_of
+from workers import ray_console
+from workers.runtime import WorkerRuntime
 
-PARQUET_READER_LOGGER = "ray.data._internal.datasource.parquet_datasource"
 V2_READER_ENV = "RAY_DATA_USE_DATASOURCE_V2"  # Ray Data's own switch (1: V2 Parquet reader, 0: V1)
 STUDENT_DIR = "student"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreparedRun:
-    loop_config: dict[str, Any]
+    """A run ready for `build_trainer`: the loop config each worker receives, and the prepared data."""
+
+    config: dict[str, Any]  # the resolved run config
+    runtime: WorkerRuntime
     data_dir: Path
 
+    @property
+    def loop_config(self) -> dict[str, Any]:
+        """What `train_loop_per_worker` receives (workers/loop.py)."""
+        return {"config": self.config, "runtime": self.runtime}
 
-def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
+    def with_runtime(self, **changes: Any) -> PreparedRun:
+        """The same run with these `WorkerRuntime` fields replaced (a trial's, a prefix run's...)."""
+        return dataclasses.replace(self, runtime=dataclasses.replace(self.runtime, **changes))
+
+
+def prepare_run(config: Config, run_dir: Path, verbose: bool = False) -> PreparedRun:
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver. The
-    inputs were checked first by `orchestrator.train.preflight.preflight` (train and sweep call it)."""
-    import dataclasses
-
+    inputs were checked first by `orchestrator.train.preflight.preflight` (train and sweep call it).
+    `verbose` (`--verbose`) reaches the workers in their runtime."""
     from orchestrator.data.prepare import ensure_prepared, read_manifest
 
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
@@ -38,49 +50,39 @@ def prepare_run(config: Config, run_dir: Path) -> PreparedRun:
         data_cfg = dataclasses.replace(data_cfg, tokenizer=real_models[0])
     data_dir = ensure_prepared(data_cfg, max_positions=max_positions)
     manifest = read_manifest(data_dir)
-    loop_config = {
-        "config": config.to_dict(),
-        "runtime": {
-            "tokenizer": str(data_dir / "tokenizer"),
-            "max_positions": max_positions,
-            "run_dir": str(run_dir),
-            "student_dir": str(run_dir / STUDENT_DIR),
-            # Lets each worker spread its eval batches over its whole eval shard (workers/data.py).
-            "eval_sequences": int(manifest["eval_sequences"]),
-        },
-    }
-    return PreparedRun(loop_config, data_dir)
+    runtime = WorkerRuntime(
+        tokenizer=str(data_dir / "tokenizer"),
+        max_positions=max_positions,
+        student_dir=str(run_dir / STUDENT_DIR),
+        eval_sequences=int(manifest["eval_sequences"]),
+        verbose=verbose,
+    )
+    return PreparedRun(config.to_dict(), runtime, data_dir)
 
 
-def configure_ray_data(context, environ=os.environ) -> None:
+def configure_ray_data(context, environ=os.environ, verbose: bool = False) -> None:
     """Settings of the driver's Ray Data context (read where `read_parquet` is called, and shipped to
     the split coordinators that feed the workers)."""
-    # Progress bars (raw terminal codes in job logs) would drown raydistill's own progress line.
-    context.enable_progress_bars = False
-    # Nor the "Starting execution of Dataset ..." and "Execution plan ..." lines each split coordinator
-    # prints for every dataset of every run (they stay in Ray Data's own log files).
-    context.print_on_execution_start = False
-    # Ray 2.60's V2 Parquet reader lists files through 32 FooterReader actors per dataset, each a new
-    # Python process: 8-12 s before a worker's first batch on 2 cores, against ~1 s with the V1 reader
-    # (bench/data_startup.py), for prepared dirs of a few small files. A user's explicit choice stays.
+    ray_console.quiet_ray_data(context, verbose)
+    # Ray 2.60's V2 Parquet reader starts many actors per dataset: far slower to a first batch than V1
+    # on prepared dirs of a few small files (BENCHMARKS.md, "Ray Data start-up"). A user's choice stays.
     if V2_READER_ENV not in environ:
         context.use_datasource_v2 = False
-    # The V1 reader logs its encoding-ratio and batch-size estimates at INFO on the driver's console.
-    logging.getLogger(PARQUET_READER_LOGGER).setLevel(logging.WARNING)
 
 
 def build_trainer(
     config: Config, run_dir: Path, prepared: PreparedRun, callbacks: list | None = None, name=None
 ):
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from workers.ds_config import communication_backend
     from workers.loop import train_loop_per_worker
 
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same shard contents on resume
-    configure_ray_data(ray.data.DataContext.get_current())
+    verbose = prepared.runtime.verbose
+    configure_ray_data(ray.data.DataContext.get_current(), verbose=verbose)
     datasets = {
         "train": ray.data.read_parquet(str(prepared.data_dir / "train")),
         "eval": ray.data.read_parquet(str(prepared.data_dir / "eval")),
@@ -101,8 +103,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
             callbacks=callbacks or [],
-            # Ray Train's per-report INFO lines would drown the progress line.
-            logging_config=LoggingConfig(log_level="WARNING"),
+            logging_config=ray_console.train_logging_config(verbose),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all", execution_options=execution),
