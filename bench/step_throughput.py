@@ -44,7 +44,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from bench.ab_timing import CLOCKS, assert_stepped, timed  # noqa: E402
 from bench.common import (  # noqa: E402
     SPECIAL_IDS,
     init_single_process_group,
@@ -68,7 +68,6 @@ from bench.common import (  # noqa: E402
 RESULTS = REPO / "bench" / "results" / "step_throughput.json"
 PHASE_PROGRESS = {1: 0.1, 3: 0.9}  # with the curriculum boundaries 0.3 / 0.6 (configs/tiny.yaml)
 ARMS = ("raydistill", "reference")
-CLOCKS = ("wall", "cpu")  # time.perf_counter, time.process_time
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -274,9 +273,7 @@ class MatmulPeak:
     def sample(self, reps: int = 3) -> None:
         flops = 2 * self.n**3
         for _ in range(reps):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            torch.mm(self.a, self.b)
-            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            wall, cpu = timed(lambda: torch.mm(self.a, self.b))
             rates = {"wall": flops / wall / 1e9, "cpu": flops / max(cpu, 1e-9) / 1e9}
             for clock in CLOCKS:
                 self.best[clock] = max(self.best[clock], rates[clock])
@@ -401,13 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def run(arm: str, phase: int, window) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) of one optimizer step."""
-        start, cpu_start = time.perf_counter(), time.process_time()
         if arm == "raydistill":
-            result = train_step(engine, teacher, window, PHASE_PROGRESS[phase])
-            assert not result.skipped, result.nonfinite
-        else:
-            reference.step(window, phase)
-        return time.perf_counter() - start, time.process_time() - cpu_start
+            return timed(lambda: assert_stepped(train_step(engine, teacher, window, PHASE_PROGRESS[phase])))
+        return timed(lambda: reference.step(window, phase))
 
     for phase in (1, 3):
         for arm in ARMS:
