@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.step_throughput import median, paired_summary
+from bench.common import median, paired_summary
 
 CLOCKS = ("wall", "cpu")  # perf_counter, and this process's CPU time (robust to a loaded machine)
 

@@ -36,7 +36,7 @@ from bench.ab_timing import (  # noqa: E402
     timed,
     write_results,
 )
-from bench.step_throughput import SPECIAL_IDS, init_single_process_group, random_batches  # noqa: E402
+from bench.common import SPECIAL_IDS, init_single_process_group, random_batches, worker_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "attention_kernel.json"
 ARMS = ("auto", "eager")  # train.attn_implementation
@@ -67,42 +67,23 @@ def parse_args(
 
 
 def teacher_pretraining_config(args: argparse.Namespace, precision: str, total_steps: int) -> dict[str, Any]:
-    """configs/teacher.yaml as a worker receives it (the parts the engine and the step read)."""
-    return {
-        "teacher": "none",
-        "student": f"preset:{args.preset}",
-        "curriculum": {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
-        "loss": {
-            "alpha_ce": 1.0,
-            "alpha_kd": 0.0,
-            "alpha_feature": 0.0,
-            "alpha_attention": 0.0,
-            "kd_temperature": 2.0,
-            "kd_kind": "forward_kl",
-            "jsd_beta": 0.5,
-            "feature_norm": "layernorm",
-            "layer_map": "auto",
-        },
-        "train": {
-            "seed": 0,
-            "max_steps": total_steps,
-            "micro_batch_size": args.micro_batch,
-            "grad_accum": 1,
-            "lr": 2e-3,
-            "min_lr_ratio": 0.1,
-            "warmup_steps": 3,
-            "weight_decay": 0.01,
-            "grad_clip": 1.0,
-        },
-        "deepspeed": {
-            "zero_stage": 0,
-            "precision": precision,
-            "offload_optimizer": False,
-            "offload_param": False,
-            "teacher_zero3": False,
-        },
-        "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": float(args.threads)},
-    }
+    """configs/teacher.yaml's step as a worker receives it: CE only, no teacher, no curriculum."""
+    return worker_config(
+        {
+            "teacher": "none",
+            "student": f"preset:{args.preset}",
+            "curriculum": {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0},
+            "loss": {"alpha_ce": 1.0, "alpha_kd": 0.0, "alpha_feature": 0.0, "alpha_attention": 0.0},
+            "train": {
+                "max_steps": total_steps,
+                "micro_batch_size": args.micro_batch,
+                "lr": 2e-3,
+                "warmup_steps": 3,
+            },
+            "deepspeed": {"zero_stage": 0, "precision": precision},
+            "scaling": {"num_workers": 1, "cpus_per_worker": float(args.threads)},
+        }
+    )
 
 
 def run_info(args: argparse.Namespace, native: bool) -> dict[str, Any]:

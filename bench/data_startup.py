@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.ab_timing import ci_text, machine, write_results  # noqa: E402
-from bench.step_throughput import median, paired_summary  # noqa: E402
+from bench.common import median, paired_summary  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "data_startup.json"
 READERS = ("v1", "v2")  # DataContext.use_datasource_v2 False / True

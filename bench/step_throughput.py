@@ -42,12 +42,8 @@ import json
 import math
 import os
 import platform
-import random
-import socket
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +54,20 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from bench.ab_timing import CLOCKS, assert_stepped, timed  # noqa: E402
+from bench.common import (  # noqa: E402
+    SPECIAL_IDS,
+    init_single_process_group,
+    load_average,
+    median,
+    paired_summary,
+    random_batches,
+    worker_config,
+)
+
 RESULTS = REPO / "bench" / "results" / "step_throughput.json"
-SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
 PHASE_PROGRESS = {1: 0.1, 3: 0.9}  # with the curriculum boundaries 0.3 / 0.6 (configs/tiny.yaml)
 ARMS = ("raydistill", "reference")
-CLOCKS = ("wall", "cpu")  # time.perf_counter, time.process_time
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,63 +111,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_config(args: argparse.Namespace, total_steps: int) -> dict[str, Any]:
-    """The run config as a Ray Train worker receives it (`Config.to_dict()` shape, the parts used)."""
-    return {
-        "teacher": f"preset:{args.teacher}",
-        "student": "derived" if args.student == "derived" else f"preset:{args.student}",
-        "derive": {
-            "num_layers": args.derive_layers,
-            "hidden_size": None,
-            "intermediate_size": None,
-            "num_attention_heads": None,
-        },
-        "curriculum": {"enabled": True, "phase1_end": 0.3, "phase2_end": 0.6},
-        "loss": {
-            "alpha_ce": 0.3,
-            "alpha_kd": 0.7,
-            "alpha_feature": 1.0,
-            "alpha_attention": 1.0,
-            "kd_temperature": 2.0,
-            "kd_kind": "forward_kl",
-            "jsd_beta": 0.5,
-            "feature_norm": "layernorm",
-            "layer_map": "auto",
-        },
-        "train": {
-            "seed": args.seed,
-            "max_steps": total_steps,
-            "micro_batch_size": args.micro_batch,
-            "grad_accum": args.grad_accum,
-            "lr": 1e-3,
-            "min_lr_ratio": 0.1,
-            "warmup_steps": 3,
-            "weight_decay": 0.01,
-            "grad_clip": 1.0,
-        },
-        "deepspeed": {
-            "zero_stage": args.zero_stage,
-            "precision": "fp32",
-            "offload_optimizer": False,
-            "offload_param": False,
-            "teacher_zero3": False,
-        },
-        "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": float(args.threads)},
-    }
+    """The run config as a Ray Train worker receives it: the config defaults (curriculum 0.3 / 0.6,
+    every loss part on, fp32) at the bench's models, batch and steps."""
+    return worker_config(
+        {
+            "teacher": f"preset:{args.teacher}",
+            "student": "derived" if args.student == "derived" else f"preset:{args.student}",
+            "derive": {"num_layers": args.derive_layers},
+            "train": {
+                "seed": args.seed,
+                "max_steps": total_steps,
+                "micro_batch_size": args.micro_batch,
+                "grad_accum": args.grad_accum,
+                "warmup_steps": 3,
+            },
+            "deepspeed": {"zero_stage": args.zero_stage},
+            "scaling": {"num_workers": 1, "cpus_per_worker": float(args.threads)},
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Models and data
-
-
-def init_single_process_group() -> None:
-    """A gloo group of world size 1, as Ray Train sets up before the worker loop runs."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
-    )
-    dist.init_process_group("gloo", rank=0, world_size=1)
 
 
 def build_models(cfg: dict[str, Any], vocab: int, max_positions: int):
@@ -185,18 +155,6 @@ def build_models(cfg: dict[str, Any], vocab: int, max_positions: int):
     else:
         student = from_preset(cfg["student"], seed + 1)
     return teacher, student, distillation_loss_for(cfg, student, teacher)
-
-
-def random_batches(
-    n: int, micro_batch: int, seq_len: int, vocab: int, seed: int
-) -> list[dict[str, torch.Tensor]]:
-    """Packed random token sequences (no padding, like the prepared Parquet shards)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(len(SPECIAL_IDS), vocab, (micro_batch, seq_len), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,9 +273,7 @@ class MatmulPeak:
     def sample(self, reps: int = 3) -> None:
         flops = 2 * self.n**3
         for _ in range(reps):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            torch.mm(self.a, self.b)
-            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            wall, cpu = timed(lambda: torch.mm(self.a, self.b))
             rates = {"wall": flops / wall / 1e9, "cpu": flops / max(cpu, 1e-9) / 1e9}
             for clock in CLOCKS:
                 self.best[clock] = max(self.best[clock], rates[clock])
@@ -393,28 +349,6 @@ def equivalence_check(engine, reference: ReferenceLoop, teacher, batches, grad_a
     }
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else math.nan
-
-
-def paired_summary(ratios: list[float], resamples: int = 2000) -> dict[str, Any]:
-    """Median of per-round paired ratios with a bootstrap 95% interval (over rounds)."""
-    rng = random.Random(0)
-    boot = sorted(median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    return {
-        "median": median(ratios),
-        "ci95": [boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]],
-        "per_round": ratios,
-    }
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on Linux
-        return None
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -464,13 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def run(arm: str, phase: int, window) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) of one optimizer step."""
-        start, cpu_start = time.perf_counter(), time.process_time()
         if arm == "raydistill":
-            result = train_step(engine, teacher, window, PHASE_PROGRESS[phase])
-            assert not result.skipped, result.nonfinite
-        else:
-            reference.step(window, phase)
-        return time.perf_counter() - start, time.process_time() - cpu_start
+            return timed(lambda: assert_stepped(train_step(engine, teacher, window, PHASE_PROGRESS[phase])))
+        return timed(lambda: reference.step(window, phase))
 
     for phase in (1, 3):
         for arm in ARMS:

@@ -38,14 +38,8 @@ from bench.ab_timing import (  # noqa: E402
     timed,
     write_results,
 )
-from bench.step_throughput import (  # noqa: E402
-    PHASE_PROGRESS,
-    build_models,
-    init_single_process_group,
-    median,
-    random_batches,
-    run_config,
-)
+from bench.common import init_single_process_group, median, random_batches  # noqa: E402
+from bench.step_throughput import PHASE_PROGRESS, build_models, run_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "teacher_precision.json"
 ARMS = ("fp32", "bf16")

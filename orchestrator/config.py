@@ -7,6 +7,7 @@ any Ray worker starts. Workers receive `config.to_dict()` (plain data: they neve
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -16,6 +17,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from orchestrator.dotted import set_dotted, split_key
 from orchestrator.errors import ConfigError
 
 # The loss's own typed sections, with their rules (workers/ never imports orchestrator/; that module
@@ -209,38 +211,28 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(exc.with_prefix(f"{prefix}." if prefix else "")) from None
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (["a", "b"], value parsed as a YAML scalar/list)."""
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value parsed as a YAML scalar/list)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected dotted.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        split_key(key)
+    except ValueError:
+        raise ConfigError(f"--set {text!r}: empty key") from None
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc.problem})") from None
-    return key.split("."), value
+    return key, value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`data` (unchanged) with each `--set` applied in order; a section given as a value merges."""
+    data = copy.deepcopy(data)
     for text in overrides:
-        path, value = parse_override(text)
-        nested: Any = value
-        for part in reversed(path):
-            nested = {part: nested}
-        data = _merge(data, nested)
+        set_dotted(data, *parse_override(text), create=True)
     return data
 
 
@@ -408,10 +400,3 @@ def validate(config: Config) -> None:
     _require(
         s.max_failures >= -1, "scaling.max_failures", s.max_failures, "must be >= 0 (or -1 for unlimited)"
     )
-
-
-def get_dotted(data: dict, dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        node = node[part]
-    return node

@@ -162,7 +162,7 @@ def test_gpu_config_deepspeed_config(gpu_config):
     assert ds["train_batch_size"] == train.micro_batch_size * train.grad_accum * gpus
     assert ds["train_micro_batch_size_per_gpu"] == train.micro_batch_size
     assert ds["gradient_accumulation_steps"] == train.grad_accum
-    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 10_000
     assert "offload_optimizer" not in ds["zero_optimization"]
 
 
@@ -174,4 +174,4 @@ def test_deepspeed_accepts_the_generated_config(gpu_config):
     parsed = DeepSpeedConfig(build_deepspeed_config(gpu_config.to_dict(), world_size=1))
     assert parsed.zero_optimization_stage == 3
     assert parsed.bfloat16_config.enabled is True
-    assert parsed.zero_config.gather_16bit_weights_on_model_save is True
+    assert parsed.zero_config.param_persistence_threshold == 10_000

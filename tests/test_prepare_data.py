@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -437,3 +438,29 @@ def test_data_prepared_by_an_older_format_is_refused_untouched(prepared, corpus,
     with pytest.raises(UserError, match="format_version 1"):
         ensure_prepared(DataConfig(source=str(old), seq_len=SEQ_LEN))
     assert _snapshot(old) == before
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_is_a_bar_on_a_terminal_and_stage_lines_in_a_log(corpus, tmp_path, tty):
+    from orchestrator.data.prepare import _Progress, prepare
+
+    stream = _Terminal() if tty else io.StringIO()
+    data_cfg = DataConfig(source=str(corpus), vocab_size=int(VOCAB), seq_len=SEQ_LEN, eval_fraction=0.1)
+    prepare(
+        data_cfg, tmp_path / "out", rows_per_shard=ROWS_PER_SHARD, progress=_Progress(stream, mininterval=0)
+    )
+    text = stream.getvalue()
+    # What stays on screen of each line: the text after its last carriage return.
+    stages = [line.split("\r")[-1].strip() for line in text.split("\n") if line.strip()]
+    assert [line.split()[0] for line in stages] == ["read", "trained", "tokenized"], stages
+    assert f": {len(_documents(corpus))} documents" in stages[0]
+    if tty:  # tqdm's bars, each cleared before its stage line
+        assert "reading corpus" in text and "training byte-level BPE tokenizer (vocab 300) ..." in text
+        assert "tokenizing" in text and " tok/s" in text and "doc/s" in text
+    else:  # a log gets exactly the stage lines: no bar, no carriage return
+        assert "\r" not in text and len(text.split("\n")) == 4  # three lines and the final newline

@@ -10,7 +10,8 @@ import yaml
 from ray import tune
 
 import search_spaces
-from orchestrator.config import config_from_dict, get_dotted, read_yaml
+from orchestrator.config import config_from_dict, read_yaml
+from orchestrator.dotted import get_dotted
 from orchestrator.sweep.schedulers import pbt_mutations
 from orchestrator.sweep.trials import apply_params, check_space, keep_phases_left, sample_points, trial_config
 from search_spaces import SPACES, get_space

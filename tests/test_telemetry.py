@@ -335,7 +335,7 @@ def test_resume_within_a_phase_is_not_announced_again(tmp_path, capsys):
     capsys.readouterr()
     second = MetricsCallback(str(tmp_path))
     second.after_report(None, [record(step=40, phase=2)], None)
-    assert "begins" not in capsys.readouterr().out
+    assert "== in phase" not in capsys.readouterr().out
 
 
 def test_nonfinite_components_are_named(tmp_path, capsys):
@@ -357,3 +357,48 @@ def test_ledger_printed_every_debug_interval(tmp_path, capsys):
 def test_no_ledger_without_a_debug_interval(tmp_path, capsys):
     MetricsCallback(str(tmp_path)).after_report(None, [record(step=20)], None)
     assert "reported total" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# A run without a curriculum: no phase words on the console, `phase` still in metrics.jsonl
+
+
+def ce_only(step: int) -> dict:
+    """A record of a teacher-less (CE-only) run: the schedule sits in phase 3 from step 0."""
+    rec = record(step=step, phase=3)
+    for c in ("kd", "feature", "attention"):
+        rec.update({f"loss/{c}/raw": 0.0, f"loss/{c}/weight": 0.0, f"loss/{c}/scaled": 0.0})
+    rec.update({"loss/ce/raw": 2.0, "loss/ce/weight": 1.0, "loss/ce/scaled": 2.0})
+    return rec
+
+
+def test_no_curriculum_prints_no_phase_words(tmp_path, capsys):
+    callback = MetricsCallback(str(tmp_path), phases=False)
+    for step in (10, 20):
+        callback.after_report(None, [ce_only(step)], None)
+    out = capsys.readouterr().out
+    assert out.count("step ") == 2 and "step 20/100 (20%) | loss 2 = ce 2 |" in out
+    assert "phase" not in out
+    assert [r["phase"] for r in read_metrics(tmp_path)] == [3, 3]
+
+
+def test_progress_line_without_phases_starts_at_the_step():
+    assert progress_line(ce_only(10), None, phases=False).startswith("step 10/100 (10%) | loss 2 = ce 2")
+
+
+@pytest.mark.parametrize(
+    ("teacher", "enabled", "shown"),
+    [("gpt2", True, True), ("gpt2", False, False), ("none", True, False), ("none", False, False)],
+)
+def test_phases_are_shown_only_when_a_curriculum_schedules_a_teacher(teacher, enabled, shown):
+    from orchestrator.config import config_from_dict
+
+    data = {"teacher": teacher, "student": "preset:tiny-llama", "curriculum": {"enabled": enabled}}
+    if teacher == "none":
+        data["loss"] = {"alpha_kd": 0.0, "alpha_feature": 0.0, "alpha_attention": 0.0}
+    assert telemetry.shows_phases(config_from_dict(data)) is shown
+
+
+def test_missing_eval_ratio_prints_na():
+    line = progress_line(record(**{"eval/ppl": 33.4}), None)
+    assert "eval ppl 33.4 ratio n/a" in line

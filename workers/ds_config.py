@@ -18,13 +18,8 @@ def build_deepspeed_config(config: dict[str, Any], world_size: int) -> dict[str,
         # Overlap and contiguous gradients are the usual ZeRO-2/3 throughput settings.
         zero.update({"overlap_comm": True, "contiguous_gradients": True, "reduce_scatter": True})
     if stage == 3:
-        # Keep small parameters resident; gather the 16-bit weights on save so `student/` is complete.
-        zero.update(
-            {
-                "stage3_param_persistence_threshold": 10_000,
-                "stage3_gather_16bit_weights_on_model_save": True,
-            }
-        )
+        # Keep small parameters resident. (workers/export.py gathers the shards itself for `student/`.)
+        zero["stage3_param_persistence_threshold"] = 10_000
     if ds["offload_optimizer"]:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": bool(config["scaling"]["use_gpu"])}
     if ds["offload_param"]:

@@ -29,9 +29,8 @@ def build_engine(
     """DeepSpeed engine with a torch AdamW (DeepSpeed's CPUAdam/FusedAdam would JIT-compile) and
     DeepSpeed's WarmupCosineLR from the generated config. Returns the engine.
 
-    AdamW runs torch's fused kernel (CPU and CUDA): on CPU torch otherwise takes its per-tensor
-    loop, and the demo teacher's optimizer step took 18.5 ms against 4.6 ms fused (2 threads, 57
-    tensors; bench/optimizer_step.py times the whole step). `fused_optimizer=False` is for that bench."""
+    AdamW runs torch's fused kernel (CPU and CUDA): on CPU torch otherwise takes a slower per-tensor
+    loop (BENCHMARKS.md, "AdamW's kernel"). `fused_optimizer=False` is for bench/optimizer_step.py."""
     import deepspeed
 
     train = config["train"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
+from workers.dist import barrier
 
 
 def export_student(engine, tokenizer, out_dir: str | Path, rank: int, zero_stage: int) -> None:
@@ -32,5 +32,4 @@ def export_student(engine, tokenizer, out_dir: str | Path, rank: int, zero_stage
                 write()
     elif rank == 0:
         write()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    barrier()

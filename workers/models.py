@@ -75,27 +75,24 @@ def derive_student(teacher: PreTrainedModel, derive: dict[str, Any], seed: int) 
     layer j (1-based), teacher layer ceil-spaced `j * L_t // L_s` (the uniform layer map's target), so
     feature matching starts from aligned representations. A narrower student starts fresh.
     """
-    t_cfg = teacher.config
-    s_cfg = copy.deepcopy(t_cfg)
+    s_cfg = copy.deepcopy(teacher.config)
     n_student, n_teacher = int(derive["num_layers"]), num_layers(teacher)
     if n_student > n_teacher:
         raise ModelSetupError(f"derive.num_layers={n_student} exceeds the teacher's {n_teacher} layers")
-    keys = {"num_layers": "num_hidden_layers"}
-    gpt2_names = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head"}
-    overrides = {"num_hidden_layers": n_student}
-    for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
-        if derive.get(key) is not None:
-            overrides[key] = int(derive[key])
-    for key, value in overrides.items():
-        key = keys.get(key, key)
-        attr = gpt2_names[key] if t_cfg.model_type == "gpt2" and key in gpt2_names else key
-        if t_cfg.model_type == "gpt2" and key == "intermediate_size":
-            attr = "n_inner"
-        setattr(s_cfg, attr, value)
-        if key == "num_attention_heads" and hasattr(s_cfg, "num_key_value_heads"):
-            s_cfg.num_key_value_heads = value
-    if hasattr(s_cfg, "layer_types") and getattr(s_cfg, "layer_types", None):
-        s_cfg.layer_types = list(s_cfg.layer_types)[:n_student]
+    # The standard names reach each family's own (GPT-2's n_layer, n_embd, n_head) through
+    # transformers' `attribute_map`; the MLP width has no standard alias (see `_mlp_width_key`).
+    text = s_cfg.get_text_config()
+    text.num_hidden_layers = n_student
+    if derive.get("hidden_size") is not None:
+        text.hidden_size = int(derive["hidden_size"])
+    if derive.get("intermediate_size") is not None:
+        setattr(text, _mlp_width_key(text), int(derive["intermediate_size"]))
+    if derive.get("num_attention_heads") is not None:
+        text.num_attention_heads = int(derive["num_attention_heads"])
+        if hasattr(text, "num_key_value_heads"):
+            text.num_key_value_heads = text.num_attention_heads
+    if getattr(text, "layer_types", None):
+        text.layer_types = list(text.layer_types)[:n_student]
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -116,6 +113,22 @@ def derive_student(teacher: PreTrainedModel, derive: dict[str, Any], seed: int) 
             source = j * n_teacher // n_student  # 1-based teacher layer
             student_layers[j - 1].load_state_dict(teacher_layers[source - 1].state_dict())
     return student
+
+
+# What families call the MLP width where `intermediate_size` is not an attribute_map alias:
+# GPT-2 and GPT-J `n_inner` (None means 4 * hidden), OPT `ffn_dim`.
+_MLP_WIDTH_KEYS = ("intermediate_size", "n_inner", "ffn_dim")
+
+
+def _mlp_width_key(config) -> str:
+    """The attribute holding `config`'s MLP width; ModelSetupError if the family has none to set."""
+    for key in _MLP_WIDTH_KEYS:
+        if hasattr(config, key):
+            return key
+    raise ModelSetupError(
+        f"derive.intermediate_size: a {config.model_type} config has no MLP width setting "
+        f"(none of {', '.join(_MLP_WIDTH_KEYS)}); leave it null"
+    )
 
 
 def _layer_prefix(model: PreTrainedModel) -> str:

@@ -123,9 +123,10 @@ def teacher_config(args: argparse.Namespace, distill: Config) -> Config:
 def teacher_cache_key(config: Config, manifest: dict[str, Any]) -> str:
     """Hash of what determines the trained teacher: its resolved config (minus knobs that only change
     logging and checkpoint cadence) and the prepared data's content and tokenizer."""
-    from orchestrator.train.run_dir import RESUMABLE_CHANGES, _flatten
+    from orchestrator.dotted import flatten
+    from orchestrator.train.run_dir import RESUMABLE_CHANGES
 
-    settings = {k: v for k, v in _flatten(config.to_dict()).items() if k not in RESUMABLE_CHANGES}
+    settings = {k: v for k, v in flatten(config.to_dict()).items() if k not in RESUMABLE_CHANGES}
     settings["data.corpus_hash"] = manifest.get("corpus_hash")
     settings["data.tokenizer_hash"] = manifest.get("tokenizer_hash")
     text = json.dumps(settings, sort_keys=True, default=str)

@@ -47,36 +47,42 @@ _ENCODE_BATCH_CHARS = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
-# Progress: one line on stderr, rewritten with "\r" on a terminal; one line per finished stage otherwise
-# (logs and pipes get no "\r" soup).
+# Progress on stderr: a tqdm bar while a stage runs (on a terminal only: tqdm's `disable=None`), then
+# one line per finished stage, so logs and pipes get the stage lines and no "\r" soup.
 
 
 class _Progress:
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, mininterval: float = 0.1) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.mininterval = mininterval  # seconds between redraws of a bar
         self.started = time.monotonic()
-        self._last = 0.0
-        self._width = 0
+        self._bar: Any = None
 
-    def update(self, text: str, force: bool = False) -> None:
-        """Show `text` (at most every 0.1 s unless `force`: a stage's first line is always shown)."""
-        now = time.monotonic()
-        if not self.tty or (now - self._last < 0.1 and not force):
-            return
-        self._last = now
-        self.stream.write("\r" + text.ljust(self._width))
-        self._width = len(text)
-        self.stream.flush()
+    def bar(self, desc: str, total: int | None = None, unit: str = "it", **kwargs: Any):
+        """A new tqdm bar for the stage now running (the previous one is closed)."""
+        from tqdm import tqdm
 
-    @staticmethod
-    def bar(done: int, total: int, width: int = 24) -> str:
-        filled = width * done // max(total, 1)
-        return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        self.close()
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=self.stream,
+            disable=None,
+            leave=False,
+            mininterval=self.mininterval,
+            **kwargs,
+        )
+        return self._bar
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()  # leave=False: a terminal's bar line is cleared for the stage line
+            self._bar = None
 
     def done(self, text: str) -> None:
-        self.stream.write(("\r" + text.ljust(self._width) if self.tty else text) + "\n")
-        self._width = 0
+        self.close()
+        self.stream.write(text + "\n")
         self.stream.flush()
 
 
@@ -134,12 +140,19 @@ def _plan(data_cfg: DataConfig, rows_per_shard: int, progress: _Progress) -> _Pl
     from orchestrator.data.shards import FORMAT_VERSION
 
     started = time.monotonic()
-    corpus = read_corpus(
-        data_cfg.source,
-        max_files=data_cfg.max_files,
-        seed=data_cfg.seed,
-        on_file=lambda done, total: progress.update(f"reading corpus {progress.bar(done, total)} files"),
-    )
+    bar = None
+
+    def on_file(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar if bar is not None else progress.bar("reading corpus", total, unit="file")
+        bar.update(done - bar.n)
+
+    try:
+        corpus = read_corpus(
+            data_cfg.source, max_files=data_cfg.max_files, seed=data_cfg.seed, on_file=on_file
+        )
+    finally:
+        progress.close()  # a refused corpus leaves no half-drawn bar before its error line
     progress.done(
         f"read {corpus.files_selected} of {corpus.files_found} files from {data_cfg.source}: "
         f"{len(corpus.documents)} documents, {corpus.skipped_undecodable} undecodable and "
@@ -217,7 +230,9 @@ def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
         tokenizer_dir = staging / "tokenizer"
         if plan.pretrained is None:
             started = time.monotonic()
-            progress.update(f"training byte-level BPE tokenizer (vocab {cfg.vocab_size}) ...", force=True)
+            progress.bar(
+                f"training byte-level BPE tokenizer (vocab {cfg.vocab_size})", bar_format="{desc} ..."
+            )
             trained = tokenizer_training.train_bpe(corpus.documents, cfg.vocab_size)
             tokenizer_training.save_trained(trained, tokenizer_dir)
             tokenizer = tokenizer_training.load_pretrained(tokenizer_dir)
@@ -232,6 +247,7 @@ def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
         encoder = tokenizer_training.text_encoder(tokenizer)
 
         started = time.monotonic()
+        bar = progress.bar("tokenizing", len(corpus.documents), unit="doc")
         doc_ids: list = []  # one (n_i,) int32 array per document
         tokens = 0
         batch: list[str] = []
@@ -244,9 +260,9 @@ def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
                 doc_ids.extend(encoded)
                 tokens += sum(len(ids) + 1 for ids in encoded)  # + eos per document
                 batch, batch_chars = [], 0
-                progress.update(
-                    f"tokenizing {progress.bar(len(doc_ids), len(corpus.documents))} documents, {tokens:,} tokens"
-                )
+                rate = tokens / max(time.monotonic() - started, 1e-9)
+                bar.set_postfix_str(f"{tokens:,} tokens, {rate:,.0f} tok/s", refresh=False)
+                bar.update(len(encoded))
         progress.done(
             f"tokenized {len(doc_ids)} documents: {tokens:,} tokens ({time.monotonic() - started:.1f} s)"
         )

@@ -1,4 +1,4 @@
-"""How the report writes numbers: short, and "n/a" for a missing figure."""
+"""How the report and the console write numbers: short, and "n/a" for a missing figure."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def count(n: int | float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
+    """`1m05s` under an hour, `2h03m` from an hour on; a negative figure counts as 0."""
     if seconds is None:
         return "n/a"
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s"
+    h, rem = divmod(int(round(max(seconds, 0))), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

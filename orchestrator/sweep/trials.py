@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from orchestrator.config import Config, config_from_dict, get_dotted
+from orchestrator.config import Config, config_from_dict
+from orchestrator.dotted import get_dotted, set_dotted
 from orchestrator.errors import UserError
 
 # Config sections a trial may not change: data and models are prepared once for the whole sweep.
@@ -32,7 +33,7 @@ def check_space(space: dict[str, Any], base: dict[str, Any]) -> None:
             )
         try:
             value = get_dotted(base, key)
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             raise UserError(f"search space key {key!r} is not a config key") from None
         if isinstance(value, dict):
             raise UserError(f"search space key {key!r} names a config section, not a value")
@@ -102,11 +103,7 @@ def sampled_params(trial_config: dict[str, Any]) -> dict[str, Any]:
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     data = copy.deepcopy(base)
     for dotted, value in params.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = _plain(value)
+        set_dotted(data, dotted, _plain(value))
     return data
 
 

@@ -25,7 +25,7 @@ def run_training(
     from orchestrator.train.ray_checkpoints import unregistered_checkpoints
     from orchestrator.train.ray_session import ensure_ray
     from orchestrator.train.run_dir import prepare_run_dir
-    from orchestrator.train.telemetry import MetricsCallback
+    from orchestrator.train.telemetry import MetricsCallback, shows_phases
     from orchestrator.train.trainer import STUDENT_DIR, build_trainer, prepare_run
 
     run_dir = run_dir.resolve()
@@ -50,7 +50,9 @@ def run_training(
                 f"raydistill: ignoring {directory.name}: a checkpoint a crash cut short (Ray never "
                 "registered it; safe to delete)"
             )
-    callback = MetricsCallback(str(run_dir), debug_every=config.train.debug_every, echo=echo)
+    callback = MetricsCallback(
+        str(run_dir), debug_every=config.train.debug_every, echo=echo, phases=shows_phases(config)
+    )
     with GracefulInterrupt(run_dir) as interrupt:
         prepared = prepared.with_runtime(interrupt_file=str(interrupt.request_file))
         trainer = build_trainer(config, run_dir, prepared, callbacks=[callback])

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from orchestrator.config import Config
+from orchestrator.dotted import flatten
 from orchestrator.errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -31,19 +32,8 @@ RESUMABLE_CHANGES = {
 }
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
 def incompatible_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
 
 

@@ -9,13 +9,14 @@ checkpoint; records at or past such a step are dropped from the file first, so e
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.train import UserCallback
+
+from orchestrator.report.format import duration, fmt
 
 # The loss parts' names live with the schedule (pure python, no torch: cheap to import here).
 from workers.curriculum import COMPONENTS
@@ -48,43 +49,34 @@ def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _fmt(value: float) -> str:
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+def shows_phases(config: Any) -> bool:
+    """Whether the console speaks of curriculum phases: only when a curriculum schedules the loss
+    parts (a run without a teacher, or with the curriculum disabled, sits in phase 3 throughout)."""
+    return bool(config.curriculum.enabled) and config.teacher != "none"
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def progress_line(record: dict[str, Any], eta_s: float | None) -> str:
+def progress_line(record: dict[str, Any], eta_s: float | None, phases: bool = True) -> str:
+    """One console line per report; `phases=False` (no curriculum) leaves out the `[phase N]` tag."""
     step, total = record["step"], record["max_steps"]
     parts = " + ".join(
-        f"{c} {_fmt(record.get(f'loss/{c}/scaled', 0.0))}"
+        f"{c} {fmt(record.get(f'loss/{c}/scaled', 0.0))}"
         for c in COMPONENTS
         if record.get(f"loss/{c}/weight", 0) > 0
     )
-    line = f"[phase {record['phase']}] step {step}/{total} ({100 * step / total:.0f}%)"
+    line = f"[phase {record['phase']}] " if phases else ""
+    line += f"step {step}/{total} ({100 * step / total:.0f}%)"
     if "loss/total" in record:
-        line += f" | loss {_fmt(record['loss/total'])} = {parts}"
+        line += f" | loss {fmt(record['loss/total'])} = {parts}"
     else:
         line += " | step skipped (non-finite)"
     if "eval/ppl" in record:
-        line += (
-            f" | eval ppl {_fmt(record['eval/ppl'])} ratio {_fmt(record.get('eval_train_ratio', math.nan))}"
-        )
+        line += f" | eval ppl {fmt(record['eval/ppl'])} ratio {fmt(record.get('eval_train_ratio'))}"
     # Scientific notation: a warm-up lr of 7.96e-6 must not print as 0.00.
     line += f" | lr {record['lr']:.2e} | {record.get('tokens_per_s', 0):,.0f} tok/s"
     if record.get("nonfinite_skipped"):
         line += f" | skipped {record['nonfinite_skipped']}"
     if eta_s is not None:
-        line += f" | eta {_duration(eta_s)}"
+        line += f" | eta {duration(eta_s)}"
     return line
 
 
@@ -109,10 +101,14 @@ def ledger(record: dict[str, Any], prefix: str = "loss") -> str:
 
 
 class MetricsCallback(UserCallback):
-    def __init__(self, run_dir: str, debug_every: int = 0, echo: bool = True):
+    """`phases=False` (see `shows_phases`) keeps phase words off the console; metrics.jsonl keeps
+    its `phase` field either way."""
+
+    def __init__(self, run_dir: str, debug_every: int = 0, echo: bool = True, phases: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
         self.debug_every = debug_every
         self.echo = echo
+        self.phases = phases
         self._last_phase: int | None = None
         self._last_step: int | None = None  # the last step in metrics.jsonl, read once per driver
         self._start: tuple[float, int] | None = None
@@ -150,10 +146,10 @@ class MetricsCallback(UserCallback):
         done = record["step"] - s0
         end = record.get("stop_step", record["max_steps"])  # a shared prefix stops before max_steps
         eta = (now - t0) / done * (end - record["step"]) if done > 0 else None
-        if record["phase"] != self._last_phase:
+        if self.phases and record["phase"] != self._last_phase:
             print(phase_announcement(record), flush=True)
             self._last_phase = record["phase"]
-        print(progress_line(record, eta), flush=True)
+        print(progress_line(record, eta, self.phases), flush=True)
         if record.get("nonfinite_components"):
             print(f"   non-finite loss in: {record['nonfinite_components']} (step skipped)", flush=True)
         if self.debug_every and record["step"] % self.debug_every == 0 and "loss/total" in record:
