@@ -115,58 +115,66 @@ def ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
     return _mean(nll)
 
 
-# Default chunk of kd_loss: a chunk's (n, V) tensor in the compute dtype stays under this many bytes, so
-# the loss holds a few of those instead of several full (N, V) fp32 copies.
-_KD_CHUNK_BYTES = 64 * 2**20
+# Default chunk of kd_loss: a chunk's (n, V) fp32 tensor stays under this many bytes. Small enough
+# for the allocator to reuse a freed chunk's memory (larger blocks are fresh mmaps, paid in page
+# faults every time), large enough that per-chunk overhead is noise (BENCHMARKS.md, "KD loss memory").
+_KD_CHUNK_BYTES = 16 * 2**20
 
 
-def _log_probs(logits: Tensor, temperature: float, dtype: torch.dtype, lse: Tensor | None = None):
-    """(n, V) logits -> ((n, V) log_softmax(logits / T) in `dtype`, (n,) its logsumexp).
-
-    With `lse` given (saved by the forward) the reduction is not redone."""
-    z = logits.to(dtype) / temperature
-    if lse is None:
-        lse = torch.logsumexp(z, dim=-1)
-    return z.sub_(lse[:, None]), lse
+def _scaled(logits: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
+    """(n, V) logits -> a new (n, V) z = logits / T in `dtype`."""
+    if logits.dtype == dtype:
+        return logits / temperature
+    z = logits.to(dtype)
+    return z if temperature == 1.0 else z.div_(temperature)
 
 
-def _kl_and_grads(log_x: Tensor, log_y: Tensor, need_x: bool, need_y: bool, kl: Tensor | None = None):
-    """KL(x || y) per row and its gradients w.r.t. the logits behind x and behind y (n, V) -> (n,).
-
-    d/dz_x = x * (log x - log y - KL), d/dz_y = y - x (softmax chain rule). Gradients are None
-    unless asked for; with `kl` given (saved by the forward) only the gradients are computed."""
-    x = log_x.exp()
+def _kl(z_x: Tensor, z_y: Tensor, need_x: bool = False, need_y: bool = False, kl: Tensor | None = None):
+    """KL(x || y) per row with x = softmax(z_x), y = softmax(z_y): (n, V) -> (n,), with
+    d/dz_x = x * (log x - log y - KL) and d/dz_y = y - x (the softmax chain rule), each None unless
+    asked for. Forward (`kl` None) computes the values; backward passes the forward's `kl`."""
     if kl is None:
-        kl = _kl_rows(x, log_x, log_y)
-    grad_x = x * (log_x - log_y - kl[:, None]) if need_x else None
-    grad_y = log_y.exp().sub_(x) if need_y else None
+        log_x, log_y = F.log_softmax(z_x, dim=-1), F.log_softmax(z_y, dim=-1)
+        return _kl_rows(log_x.exp(), log_x, log_y), None, None
+    grad_x = grad_y = None
+    if need_x:
+        log_x = F.log_softmax(z_x, dim=-1)
+        grad_x = (log_x - F.log_softmax(z_y, dim=-1)).sub_(kl[:, None]).mul_(log_x.exp_())
+    if need_y:
+        # softmax, not exp(log_softmax): one fused pass where exp is the costly part.
+        grad_y = F.softmax(z_y, dim=-1).sub_(F.softmax(z_x, dim=-1))
     return kl, grad_x, grad_y
 
 
-def _forward_kl(log_s, log_t, beta, need_s=False, need_t=False, stats=None):
-    """KL(t || s): (n,) per-token values, (n, k) statistics the gradients reuse, d/dz_s, d/dz_t."""
-    kl, grad_t, grad_s = _kl_and_grads(log_t, log_s, need_t, need_s, None if stats is None else stats[:, 0])
+def _forward_kl(z_s, z_t, beta, need_s=False, need_t=False, stats=None):
+    """KL(t || s) over z = logits / T: (n,) values, (n, k) statistics for backward, d/dz_s, d/dz_t."""
+    kl, grad_t, grad_s = _kl(z_t, z_s, need_t, need_s, None if stats is None else stats[:, 0])
     return kl, kl[:, None], grad_s, grad_t
 
 
-def _reverse_kl(log_s, log_t, beta, need_s=False, need_t=False, stats=None):
+def _reverse_kl(z_s, z_t, beta, need_s=False, need_t=False, stats=None):
     """KL(s || t), the mirror of `_forward_kl`."""
-    kl, grad_s, grad_t = _kl_and_grads(log_s, log_t, need_s, need_t, None if stats is None else stats[:, 0])
+    kl, grad_s, grad_t = _kl(z_s, z_t, need_s, need_t, None if stats is None else stats[:, 0])
     return kl, kl[:, None], grad_s, grad_t
 
 
-def _jsd(log_s, log_t, beta, need_s=False, need_t=False, stats=None):
+def _jsd(z_s, z_t, beta, need_s=False, need_t=False, stats=None):
     """beta * KL(t || m) + (1 - beta) * KL(s || m), m = beta * t + (1 - beta) * s, 0 < beta < 1.
 
     m's own dependence on the logits cancels: d/dz_s = (1 - beta) * s * (log s - log m - KL(s || m)),
     and alike for t."""
+    log_s, log_t = F.log_softmax(z_s, dim=-1), F.log_softmax(z_t, dim=-1)
     log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta))
-    kl_tm, grad_t, _ = _kl_and_grads(log_t, log_m, need_t, False, None if stats is None else stats[:, 0])
-    kl_sm, grad_s, _ = _kl_and_grads(log_s, log_m, need_s, False, None if stats is None else stats[:, 1])
-    value = beta * kl_tm + (1.0 - beta) * kl_sm
-    grad_s = None if grad_s is None else grad_s.mul_(1.0 - beta)
-    grad_t = None if grad_t is None else grad_t.mul_(beta)
-    return value, torch.stack([kl_tm, kl_sm], dim=1), grad_s, grad_t
+    if stats is None:
+        kl_tm, kl_sm = _kl_rows(log_t.exp(), log_t, log_m), _kl_rows(log_s.exp(), log_s, log_m)
+        return beta * kl_tm + (1.0 - beta) * kl_sm, torch.stack([kl_tm, kl_sm], dim=1), None, None
+    grads = []
+    for need, log_x, kl, weight in (
+        (need_s, log_s, stats[:, 1], 1.0 - beta),
+        (need_t, log_t, stats[:, 0], beta),
+    ):
+        grads.append((log_x - log_m).sub_(kl[:, None]).mul_(log_x.exp()).mul_(weight) if need else None)
+    return None, stats, grads[0], grads[1]
 
 
 # kd_loss's divergences by name; an unknown name fails at the lookup (the config checks names first).
@@ -188,9 +196,9 @@ def _divergence_for(kind: str, beta: float):
 class _ChunkedDivergenceSum(torch.autograd.Function):
     """Sum over kept tokens of a per-token divergence, a chunk of tokens at a time.
 
-    Forward keeps only (N, k) per-token statistics (the two logsumexps and the divergence's
-    own); backward recomputes each chunk's log-probs from them and writes the chunk's gradient
-    into the (N, V) result, so no autograd graph of (n, V) tensors outlives its chunk."""
+    Forward keeps only (N, k) per-token statistics of the divergence; backward recomputes each
+    chunk's softmaxes and writes the chunk's gradient into the (N, V) result, so no (n, V) tensor
+    outlives its chunk and no autograd graph holds any."""
 
     @staticmethod
     def forward(ctx, student, teacher, rows, temperature, divergence, beta, chunk):
@@ -201,11 +209,11 @@ class _ChunkedDivergenceSum(torch.autograd.Function):
         saved = []
         for start in range(0, kept, chunk):
             s, t = _chunk_rows(student, teacher, rows, start, chunk)
-            log_s, lse_s = _log_probs(s, temperature, dtype)
-            log_t, lse_t = _log_probs(t, temperature, dtype)
-            value, stats, _, _ = divergence(log_s, log_t, beta)
+            value, stats, _, _ = divergence(
+                _scaled(s, temperature, dtype), _scaled(t, temperature, dtype), beta
+            )
             total += value.sum()
-            saved.append(torch.cat([lse_s[:, None], lse_t[:, None], stats], dim=1))
+            saved.append(stats)
         stats = torch.cat(saved) if saved else student.new_zeros((0, 2), dtype=dtype)
         ctx.save_for_backward(student, teacher, rows, stats)
         ctx.args = (temperature, divergence, beta, chunk, dtype)
@@ -225,13 +233,11 @@ class _ChunkedDivergenceSum(torch.autograd.Function):
         scale = grad_total / temperature
         for start in range(0, stats.shape[0], chunk):
             s, t = _chunk_rows(student, teacher, rows, start, chunk)
-            part = stats[start : start + chunk]
-            log_s, _ = _log_probs(s, temperature, dtype, part[:, 0])
-            log_t, _ = _log_probs(t, temperature, dtype, part[:, 1])
-            _, _, grad_s, grad_t = divergence(log_s, log_t, beta, need_s, need_t, part[:, 2:])
+            z_s, z_t = _scaled(s, temperature, dtype), _scaled(t, temperature, dtype)
+            _, _, grad_s, grad_t = divergence(z_s, z_t, beta, need_s, need_t, stats[start : start + chunk])
             for grad, chunk_grad in zip(grads, (grad_s, grad_t)):
                 if grad is not None:
-                    _write_rows(grad, rows, start, chunk_grad.mul_(scale))
+                    _write_rows(grad, rows, start, chunk_grad, scale)
         return grads[0], grads[1], None, None, None, None, None
 
 
@@ -250,11 +256,12 @@ def _empty_grad(x: Tensor, rows: Tensor | None) -> Tensor:
     return torch.zeros_like(x)
 
 
-def _write_rows(grad: Tensor, rows: Tensor | None, start: int, chunk_grad: Tensor) -> None:
+def _write_rows(grad: Tensor, rows: Tensor | None, start: int, chunk_grad: Tensor, scale: Tensor) -> None:
+    """grad[kept rows start..] = chunk_grad * scale, rounded once to grad's dtype."""
     if rows is None:
-        grad[start : start + chunk_grad.shape[0]].copy_(chunk_grad)
+        torch.mul(chunk_grad, scale, out=grad[start : start + chunk_grad.shape[0]])
     else:
-        grad.index_copy_(0, rows[start : start + chunk_grad.shape[0]], chunk_grad.to(grad.dtype))
+        grad.index_copy_(0, rows[start : start + chunk_grad.shape[0]], chunk_grad.mul_(scale).to(grad.dtype))
 
 
 def kd_loss(
