@@ -206,15 +206,16 @@ class _ChunkedDivergenceSum(torch.autograd.Function):
         dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
         kept = student.shape[0] if rows is None else rows.numel()
         total = student.new_zeros((), dtype=dtype)
-        saved = []
+        # Filled in place: small tensors kept across the loop would pin the heap between the
+        # chunks' large blocks, and a CPU process would keep growing by a chunk per chunk.
+        stats = student.new_empty((kept, 2), dtype=dtype)
         for start in range(0, kept, chunk):
             s, t = _chunk_rows(student, teacher, rows, start, chunk)
-            value, stats, _, _ = divergence(
+            value, part, _, _ = divergence(
                 _scaled(s, temperature, dtype), _scaled(t, temperature, dtype), beta
             )
             total += value.sum()
-            saved.append(stats)
-        stats = torch.cat(saved) if saved else student.new_zeros((0, 2), dtype=dtype)
+            stats[start : start + chunk, : part.shape[1]] = part
         ctx.save_for_backward(student, teacher, rows, stats)
         ctx.args = (temperature, divergence, beta, chunk, dtype)
         return total
