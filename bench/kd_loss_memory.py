@@ -1,17 +1,19 @@
 """Peak memory and time of the KD loss, forward + backward: `workers.losses.kd_loss` (chunked) against
 the unchunked autograd computation it replaced.
 
-    .venv/bin/python bench/kd_loss_memory.py            # V=152064: chunked at N=2048/4096/16384, unchunked at 2048/4096
+    .venv/bin/python bench/kd_loss_memory.py            # V=152064: both at N=2048/4096, chunked also at 8192
     .venv/bin/python bench/kd_loss_memory.py --quick    # smoke run (V=32000, N=256/512), writes to the temp dir
 
 Each (variant, N) runs in a fresh subprocess (`--child`): it fills bf16 student and teacher logits
 (B*T = N tokens, a bf16 run's logits; the student's require grad) a few rows at a time, resets the
 kernel's resident-set high-water mark (/proc/self/clear_refs = 5) and reads VmRSS, then runs
 forward + backward `--repeats` times. Peak = VmHWM after the runs minus VmRSS before them: what
-the loss adds on top of its inputs, the bf16 gradient of the student logits included. Time = median wall and process CPU time of a forward + backward. The
-unchunked variant needs ~N * V * 4 bytes several times over and does not fit this machine at
-N=16384; its peak there is extrapolated linearly from the two smaller N (peak is linear in N up to a
-constant), and the table says so. kind=forward_kl, T=2, no mask (packed sequences), 2 threads.
+the loss adds on top of its inputs, the bf16 gradient of the student logits included. Time =
+median wall and process CPU time of a forward + backward. Neither variant fits this 24 GiB machine
+at the target N=16384 (the unchunked one needs ~5 fp32 (N, V) tensors, the chunked one's inputs and
+gradient alone are ~14 GiB): each variant's peak there is extrapolated linearly from its two
+largest measured N (peak is linear in N up to a constant), and the table says so.
+kind=forward_kl, T=2, no mask (packed sequences), 2 threads.
 Written to bench/results/kd_loss_memory.json.
 """
 
@@ -180,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=152064)
     p.add_argument("--target", type=int, default=16384, help="the N the targets are about")
     p.add_argument("--both", default="2048,4096", help="N measured for both variants")
-    p.add_argument("--chunked-only", default="16384", help="N measured for the chunked variant only")
+    p.add_argument("--chunked-only", default="8192", help="N measured for the chunked variant only")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
