@@ -155,3 +155,12 @@ def test_phase1_must_not_end_after_phase2():
         "curriculum.phase2_end=0.5: must be >= curriculum.phase1_end (0.7)"
     )
     assert CurriculumConfig(phase1_end=0.5, phase2_end=0.5).phase2_end == 0.5  # no phase 2: allowed
+
+
+def test_every_named_choice_has_a_loss_implementation():
+    # The config accepts exactly the kinds and norms the loss code can compute.
+    from workers import losses
+    from workers.loss_config import FEATURE_NORMS, KD_KINDS
+
+    assert set(losses._DIVERGENCES) == set(KD_KINDS)
+    assert set(losses._FEATURE_DISTANCES) == set(FEATURE_NORMS)

@@ -81,6 +81,25 @@ def ref_kd(student, teacher, temperature, mask, kind, beta):
     return total / max(count, 1)
 
 
+def autograd_kd(student, teacher, temperature, mask, kind, beta):
+    """Unchunked reference through torch's own autograd: F.kl_div on full (N, V) log-probs."""
+    keep = mask.reshape(-1)
+    log_q = (student.reshape(-1, student.shape[-1])[keep] / temperature).log_softmax(-1)
+    log_p = (teacher.reshape(-1, teacher.shape[-1])[keep] / temperature).log_softmax(-1)
+
+    def kl(log_x, log_y):  # KL(x || y) per row
+        return F.kl_div(log_y, log_x, reduction="none", log_target=True).sum(-1)
+
+    if kind == "forward_kl" or (kind == "jsd" and beta == 0.0):
+        rows = kl(log_p, log_q)
+    elif kind == "reverse_kl" or (kind == "jsd" and beta == 1.0):
+        rows = kl(log_q, log_p)
+    else:
+        log_m = (beta * log_p.exp() + (1 - beta) * log_q.exp()).log()
+        rows = beta * kl(log_p, log_m) + (1 - beta) * kl(log_q, log_m)
+    return rows.sum() / max(rows.numel(), 1) * temperature**2
+
+
 def ref_feature(student, teacher, norm, mask):
     kept_s = [student[b][t] for b in range(len(student)) for t in range(len(student[b])) if mask[b][t]]
     kept_t = [teacher[b][t] for b in range(len(teacher)) for t in range(len(teacher[b])) if mask[b][t]]
@@ -246,28 +265,33 @@ def test_kd_temperature_squared_scaling():
 
 
 @pytest.mark.parametrize("kind, beta", KINDS)
-def test_kd_all_masked_is_exactly_zero_with_finite_grad(kind, beta):
+@pytest.mark.parametrize("chunk", [1, None])
+def test_kd_all_masked_is_exactly_zero_with_finite_grad(kind, beta, chunk):
     student = randn(B, T, V, seed=1).requires_grad_()
-    loss = kd_loss(
-        student, randn(B, T, V, seed=2), 2.0, mask=torch.zeros(B, T, dtype=torch.bool), kind=kind, beta=beta
-    )
+    teacher = randn(B, T, V, seed=2).requires_grad_()
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    loss = kd_loss(student, teacher, 2.0, mask=mask, kind=kind, beta=beta, chunk_tokens=chunk)
     assert loss.item() == 0.0
+    assert loss.requires_grad
     loss.backward()
     assert torch.equal(student.grad, torch.zeros_like(student))
+    assert torch.equal(teacher.grad, torch.zeros_like(teacher))
 
 
 @pytest.mark.parametrize("kind, beta", KINDS)
-def test_kd_masked_positions_do_not_change_value_or_grad(kind, beta):
+@pytest.mark.parametrize("chunk", [3, None])
+def test_kd_masked_positions_do_not_change_value_or_grad(kind, beta, chunk):
     mask = token_mask()
-    student = randn(B, T, V, seed=1)
+    student = randn(B, T, V, seed=1).requires_grad_()
     teacher = randn(B, T, V, seed=2)
-    clean = kd_loss(student, teacher, 2.0, mask=mask, kind=kind, beta=beta)
-    garbage_s = student.clone().masked_fill(~mask[..., None], math.inf).requires_grad_()
+    clean = kd_loss(student, teacher, 2.0, mask=mask, kind=kind, beta=beta, chunk_tokens=chunk)
+    clean.backward()
+    garbage_s = student.detach().masked_fill(~mask[..., None], math.inf).requires_grad_()
     garbage_t = teacher.clone().masked_fill(~mask[..., None], math.nan)
-    dirty = kd_loss(garbage_s, garbage_t, 2.0, mask=mask, kind=kind, beta=beta)
+    dirty = kd_loss(garbage_s, garbage_t, 2.0, mask=mask, kind=kind, beta=beta, chunk_tokens=chunk)
     assert torch.equal(clean, dirty)
     dirty.backward()
-    assert torch.isfinite(garbage_s.grad).all()
+    assert torch.equal(garbage_s.grad, student.grad)
 
 
 @pytest.mark.parametrize("kind, beta", KINDS)
@@ -302,13 +326,117 @@ def test_kd_vocab_mismatch_names_both_sizes():
 
 
 @pytest.mark.parametrize(
-    "kwargs, word",
-    [({"temperature": 0.0}, "temperature"), ({"kind": "kl"}, "kind"), ({"kind": "jsd", "beta": 1.5}, "beta")],
+    "kwargs, word", [({"temperature": 0.0}, "temperature"), ({"kind": "jsd", "beta": 1.5}, "beta")]
 )
 def test_kd_bad_arguments(kwargs, word):
+    """The loss's own preconditions: a temperature <= 0 or a beta outside [0, 1] would compute garbage."""
     args = {"temperature": 2.0, **kwargs}
     with pytest.raises(ValueError, match=word):
         kd_loss(randn(B, T, V), randn(B, T, V), **args)
+
+
+def test_kd_unknown_kind_computes_nothing():
+    with pytest.raises(KeyError, match="'kl'"):
+        kd_loss(randn(B, T, V), randn(B, T, V), 2.0, kind="kl")
+
+
+@pytest.mark.parametrize("chunk", [0, -1])
+def test_kd_chunk_must_be_positive(chunk):
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        kd_loss(randn(B, T, V), randn(B, T, V), 2.0, chunk_tokens=chunk)
+
+
+def test_kd_mask_shape_is_checked():
+    with pytest.raises(ValueError, match="mask shape"):
+        kd_loss(randn(B, T, V), randn(B, T, V), 2.0, mask=torch.ones(B, T + 1, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------- kd, chunked
+
+CB, CT, CV = 3, 7, 11  # N = 21 tokens; chunked_mask keeps 15
+
+
+def chunked_mask():
+    mask = torch.ones(CB, CT, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[1, :3] = False
+    mask[2, 6] = False
+    return mask
+
+
+@pytest.mark.parametrize("kind, beta", KINDS)
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("chunk", [1, 4, 5, 15, 21, 64, None])  # 4 divides neither 15 nor 21; 64 > N
+def test_kd_chunked_equals_unchunked_autograd_with_grads(kind, beta, masked, chunk):
+    """Value and both logits' gradients equal torch autograd's on the full (N, V) log-probs."""
+    mask = chunked_mask() if masked else torch.ones(CB, CT, dtype=torch.bool)
+    student = (randn(CB, CT, CV, seed=1, dtype=torch.float64) * 3).requires_grad_()
+    teacher = (randn(CB, CT, CV, seed=2, dtype=torch.float64) * 3).requires_grad_()
+    got = kd_loss(
+        student, teacher, 1.7, mask=mask if masked else None, kind=kind, beta=beta, chunk_tokens=chunk
+    )
+    got_s, got_t = torch.autograd.grad(got, (student, teacher))
+    expected = autograd_kd(student, teacher, 1.7, mask, kind, beta)
+    exp_s, exp_t = torch.autograd.grad(expected, (student, teacher))
+    assert got.dtype == torch.float64
+    assert abs(got.item() - expected.item()) < 1e-12
+    assert torch.allclose(got_s, exp_s, rtol=0, atol=1e-12)
+    assert torch.allclose(got_t, exp_t, rtol=0, atol=1e-12)
+    assert got_s.abs().sum() > 0 and got_t.abs().sum() > 0
+    # Dropped tokens get exactly 0, not a tiny number.
+    assert torch.equal(got_s[~mask], torch.zeros_like(got_s[~mask]))
+
+
+@pytest.mark.parametrize("kind, beta", KINDS)
+def test_kd_chunk_sizes_agree_on_value_and_grad(kind, beta):
+    """Every chunking of the same fp32 batch gives the same loss and gradient up to summation order."""
+    mask = chunked_mask()
+    results = []
+    for chunk in (1, 2, 4, 7, 1000):
+        student = randn(CB, CT, CV, seed=3).requires_grad_()
+        loss = kd_loss(
+            student, randn(CB, CT, CV, seed=4), 2.0, mask=mask, kind=kind, beta=beta, chunk_tokens=chunk
+        )
+        loss.backward()
+        results.append((loss.detach(), student.grad))
+    for loss, grad in results[1:]:
+        assert torch.allclose(loss, results[0][0], rtol=1e-6, atol=0)
+        assert torch.allclose(grad, results[0][1], rtol=0, atol=1e-7)
+
+
+def test_kd_grad_is_in_the_logits_dtype_and_matches_fp32():
+    """bf16 logits (a bf16 run) get a bf16 gradient, computed in fp32 and rounded once."""
+    student32 = randn(B, T, V, seed=1).bfloat16().float().requires_grad_()
+    teacher = randn(B, T, V, seed=2).bfloat16()
+    kd_loss(student32, teacher.float(), 2.0, mask=token_mask(), chunk_tokens=3).backward()
+    student16 = student32.detach().bfloat16().requires_grad_()
+    kd_loss(student16, teacher, 2.0, mask=token_mask(), chunk_tokens=3).backward()
+    assert student16.grad.dtype == torch.bfloat16
+    assert torch.equal(student16.grad, student32.grad.bfloat16())
+
+
+def test_kd_noncontiguous_logits():
+    """A strided view (e.g. logits[:, :-1]) is reshaped by a copy, and the gradient lands in place."""
+    full = randn(B, T + 1, V, seed=1, dtype=torch.float64).requires_grad_()
+    teacher = randn(B, T, V, seed=2, dtype=torch.float64)
+    kd_loss(full[:, :-1], teacher, 2.0, chunk_tokens=3).backward()
+    expected_full = full.detach().clone().requires_grad_()
+    autograd_kd(
+        expected_full[:, :-1], teacher, 2.0, torch.ones(B, T, dtype=torch.bool), "forward_kl", 0.5
+    ).backward()
+    assert torch.allclose(full.grad, expected_full.grad, rtol=0, atol=1e-12)
+    assert torch.equal(full.grad[:, -1], torch.zeros_like(full.grad[:, -1]))
+
+
+def test_kd_chunked_hand_reference():
+    """A chunk of 2 kept tokens over a batch of 8 kept tokens, against the python-float reference."""
+    student = randn(B, T, V, seed=5, dtype=torch.float64)
+    teacher = randn(B, T, V, seed=6, dtype=torch.float64) * 2
+    mask = token_mask()
+    for kind, beta in KINDS:
+        got = kd_loss(student, teacher, 1.3, mask=mask, kind=kind, beta=beta, chunk_tokens=2)
+        expected = ref_kd(student.tolist(), teacher.tolist(), 1.3, mask.tolist(), kind, beta)
+        assert got.item() == pytest.approx(expected, rel=1e-10), kind
 
 
 # ---------------------------------------------------------------- feature
@@ -395,9 +523,27 @@ def test_feature_width_mismatch_names_both_widths():
         feature_loss(randn(B, T, 6), randn(B, T, 8))
 
 
-def test_feature_bad_norm():
-    with pytest.raises(ValueError, match="norm.*'l2'"):
+def test_feature_unknown_norm_computes_nothing():
+    with pytest.raises(KeyError, match="'l2'"):
         feature_loss(randn(B, T, H), randn(B, T, H), norm="l2")
+
+
+@pytest.mark.parametrize(
+    "loss, shapes, words",
+    [
+        (kd_loss, [(B, T), (B, T, V)], r"logits must be \(B, T, V\)"),
+        (kd_loss, [(B, T, V), (B, T + 1, V)], "student logits shape .* and teacher logits shape"),
+        (feature_loss, [(B, T, H), (B, H)], r"hidden states must be \(B, T, H\)"),
+        (
+            feature_loss,
+            [(B + 1, T, H), (B, T, H)],
+            "student hidden states shape .* teacher hidden states shape",
+        ),
+    ],
+)
+def test_shape_mismatches_name_both_shapes(loss, shapes, words):
+    with pytest.raises(ValueError, match=words):
+        loss(randn(*shapes[0]), randn(*shapes[1]), 2.0 if loss is kd_loss else "none")
 
 
 # ---------------------------------------------------------------- attention
