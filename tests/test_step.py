@@ -13,7 +13,6 @@ from tiny_llama import CE_ONLY, tiny_llama
 
 from workers.distill_loss import DistillationLoss
 from workers.engine import build_engine
-from workers.faults import FaultInjector
 from workers.step import train_step
 
 WIDTH, LAYERS, VOCAB, SEQ = 32, 2, 128, 16
@@ -213,11 +212,24 @@ def assert_same(before: dict, after: dict) -> None:
             assert torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])), k
 
 
-def poisoned_teacher(teacher, steps: list[int]) -> FaultInjector:
-    """NaN teacher logits at `steps`, the suite's own fault injection (`nan_teacher_steps`)."""
-    faults = FaultInjector({"nan_teacher_steps": steps}, rank=0)
-    faults.attach(teacher)
-    return faults
+class PoisonedTeacherCall:
+    """A teacher forward hook (as workers/faults.py's `nan_teacher_steps`, but per micro-batch): NaN
+    logits on the `n`-th teacher forward after `arm(n)`, so one micro-batch inside a window is bad."""
+
+    def __init__(self, teacher: torch.nn.Module) -> None:
+        self.remaining: int | None = None
+        teacher.register_forward_hook(self)
+
+    def arm(self, n: int) -> None:
+        self.remaining = n
+
+    def __call__(self, module, args, output):
+        if self.remaining is not None:
+            self.remaining -= 1
+            if self.remaining == 0:
+                output.logits = torch.full_like(output.logits, float("nan"))
+                self.remaining = None
+        return output
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2, 3], ids=lambda stage: f"zero{stage}")
@@ -225,15 +237,15 @@ def poisoned_teacher(teacher, steps: list[int]) -> FaultInjector:
 def test_a_skipped_non_finite_step_leaves_weights_optimizer_state_and_lr_schedule_unchanged(
     single_process_group, zero_stage, healthy_before
 ):
-    """A window whose first micro-batch has NaN teacher logits is skipped; afterwards weights, AdamW's
-    moments and step count, and the LR schedule are bit-for-bit as before (also when it is the run's
-    first step), and the next healthy steps land exactly where a run that never saw it lands."""
+    """A window whose second micro-batch has NaN teacher logits is skipped (the first one's gradients
+    too); afterwards weights, AdamW's moments and step count, and the LR schedule are bit-for-bit as
+    before (also when it is the run's first step), and the next healthy steps land exactly where a run
+    that never saw the bad window lands."""
     window = [micro_batch(16, seed=2), micro_batch(9, seed=3)]
     engine, teacher, _ = kd_engine(zero_stage)
     twin, twin_teacher, _ = kd_engine(zero_stage)
-    faults = poisoned_teacher(teacher, [healthy_before + 1])
-    for step in range(1, healthy_before + 1):
-        faults.before_step(step)
+    poison = PoisonedTeacherCall(teacher)
+    for _ in range(healthy_before):
         assert not train_step(engine, teacher, window, 0.5).skipped
         assert not train_step(twin, twin_teacher, window, 0.5).skipped
     before = snapshot(engine)
@@ -241,9 +253,9 @@ def test_a_skipped_non_finite_step_leaves_weights_optimizer_state_and_lr_schedul
         assert all(int(s["step"]) == healthy_before for s in before["state"]) and before["state"]
     micro_steps = engine.micro_steps
 
-    faults.before_step(healthy_before + 1)
+    poison.arm(2)  # the first micro-batch is healthy and backpropagates before the second goes bad
     result = train_step(engine, teacher, window, 0.5)
-    faults.after_step()
+    assert poison.remaining is None
     assert result.skipped and result.nonfinite == ["kd"] and result.metrics == {}
     assert_same(before, snapshot(engine))
     assert engine.micro_steps == micro_steps + 2  # DeepSpeed's window counter still moved on
