@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+from workers import curriculum
 from workers.curriculum import COMPONENTS, CurriculumSchedule
 from workers.loss_config import CurriculumConfig, LossConfig
 
@@ -22,8 +23,54 @@ def schedule(p1=0.3, p2=0.6, alpha=None, enabled=True):
     )
 
 
-def test_components_order():
-    assert COMPONENTS == ("ce", "kd", "feature", "attention")
+def contract_table() -> tuple[list[str], list[list[str]]]:
+    """The phase table in workers/curriculum.py's docstring (the contract as DESIGN.md states it):
+    its header cells and, per phase, the cells of its row."""
+    lines = [line.strip() for line in curriculum.__doc__.splitlines() if line.strip().startswith("|")]
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return header, rows
+
+
+def weights_from_table(progress: float, p1: float, p2: float, alpha: dict[str, float]) -> tuple[int, dict]:
+    """The phase and weights the table gives: the one row whose progress condition holds, each cell
+    evaluated as written (`p < p1`, `alpha_feature * (p - p1) / (p2 - p1)`, ...)."""
+    header, rows = contract_table()
+    names = {"p": progress, "p1": p1, "p2": p2, **{f"alpha_{c}": v for c, v in alpha.items()}}
+    [row] = [row for row in rows if eval(row[1], {}, names)]  # noqa: S307 - the test's own docstring table
+    return int(row[0]), {c: float(eval(cell, {}, names)) for c, cell in zip(header[2:], row[2:])}  # noqa: S307
+
+
+def test_the_contract_table_has_one_column_per_component_in_order():
+    header, rows = contract_table()
+    assert header[:2] == ["phase", "progress"]
+    assert tuple(header[2:]) == COMPONENTS
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    "p1, p2, alpha",
+    [
+        (0.3, 0.6, ALPHA),
+        (0.1, 0.9, {"ce": 1.0, "kd": 0.0, "feature": 0.5, "attention": 3.0}),
+        (0.0, 0.25, {"ce": 0.0, "kd": 2.0, "feature": 7.0, "attention": 0.1}),
+        (0.5, 0.5, ALPHA),  # no phase 2
+        (0.2, 1.0, ALPHA),  # phase 3 only at the very end
+    ],
+)
+def test_weights_follow_the_contract_table_in_every_phase(p1, p2, alpha):
+    """At 101 points across [0, 1] and just either side of each boundary, the schedule's phase and
+    weights are the ones the table's formulas give."""
+    s = CurriculumSchedule(p1, p2, alpha)
+    points = sorted({k / 100 for k in range(101)} | {b + d for b in (p1, p2) for d in (-EPS, 0.0, EPS)})
+    phases = set()
+    for p in (x for x in points if 0.0 <= x <= 1.0):
+        phase, expected = weights_from_table(p, p1, p2, alpha)
+        phases.add(phase)
+        assert s.phase(p) == phase, p
+        weights = s.weights(p)
+        assert list(weights) == list(COMPONENTS)
+        assert weights == pytest.approx(expected, rel=1e-12, abs=1e-15), p
+    assert phases == ({1, 3} if p1 == p2 else {1, 2, 3} if p1 > 0 else {2, 3})
 
 
 @pytest.mark.parametrize(

@@ -3,41 +3,14 @@ through it moves the weights as AdamW's per-tensor loop does (ZeRO-0 and ZeRO-2,
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 from tiny_llama import ce_module, tiny_llama
 
 from workers.engine import build_engine
 from workers.step import train_step
 
 WIDTH, LAYERS, VOCAB = 32, 2, 128
-
-
-@pytest.fixture(scope="module")
-def single_process_group():
-    """A gloo group of world size 1, as Ray Train creates before the worker loop runs."""
-    if dist.is_initialized():
-        yield
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
-    )
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def engine_config(zero_stage: int) -> dict:

@@ -7,38 +7,145 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The loss code: workers/distill_loss.py composes the others; a missing one is a failure, not a skip.
+LOSS_MODULES = ("workers.losses", "workers.distill_loss", "workers.curriculum", "workers.loss_kinds")
+# Imported at every CLI start and pickled into every Ray worker and Tune trial: no torch either.
+PURE_PYTHON_MODULES = ("workers.curriculum", "workers.loss_kinds")
+
+
+def module_path(name: str) -> Path:
+    """`workers.losses` -> ROOT/workers/losses.py (or the package's __init__.py)."""
+    base = ROOT.joinpath(*name.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
 def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, anywhere in the file (also inside functions), parsed with ast:
+    `import a.b`, `from a import b` (a and a.b: b may be a submodule), relative imports resolved
+    against the file's package, and `importlib.import_module("a.b")` / `__import__("a")` with a
+    literal name."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            if module:
+                names.add(module)
+            prefix = f"{module}." if module else ""
+            names.update(prefix + alias.name for alias in node.names if alias.name != "*")
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Name) and node.func.id == "__import__")
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            )
+        ):
+            names.add(node.args[0].value)
     return names
 
 
+def third_party_imports(entry: str) -> dict[str, set[str]]:
+    """Top-level packages outside the standard library that `entry` reaches, following its imports of
+    workers modules transitively: {package: the workers modules importing it}."""
+    seen, todo, found = set(), [entry], {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = module_path(name)
+        assert path.exists(), f"{name} ({path.relative_to(ROOT)}) is missing"
+        for imported in imported_modules(path):
+            root = imported.split(".")[0]
+            if root == "workers":
+                # `from workers.x import y`: y is a name in workers.x unless a module file of that name exists.
+                if module_path(imported).exists() or imported.count(".") == 1:
+                    todo.append(imported)
+            elif root not in sys.stdlib_module_names:
+                found.setdefault(root, set()).add(name)
+    return found
+
+
 def test_workers_and_search_spaces_never_import_orchestrator():
-    offenders = []
+    offenders, files = [], 0
     for package in ("workers", "search_spaces"):
-        for path in sorted((ROOT / package).rglob("*.py")):
+        paths = sorted((ROOT / package).rglob("*.py"))
+        assert (ROOT / package / "__init__.py") in paths, f"{package}/ is missing"
+        files += len(paths)
+        for path in paths:
             for name in imported_modules(path):
                 if name == "orchestrator" or name.startswith("orchestrator."):
                     offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offenders == []
+    assert files > 10  # both packages were really read
 
 
-def test_loss_modules_import_only_torch():
-    allowed_roots = {"torch", "__future__", "dataclasses", "typing", "math", "collections", "workers"}
-    for name in ("losses.py", "curriculum.py", "distill_loss.py"):
-        path = ROOT / "workers" / name
-        if not path.exists():
-            continue
-        roots = {mod.split(".")[0] for mod in imported_modules(path)}
-        assert roots <= allowed_roots, f"{name} imports {sorted(roots - allowed_roots)}"
+@pytest.mark.parametrize("entry", LOSS_MODULES)
+def test_loss_modules_import_only_torch(entry):
+    """A loss module, and every workers module it imports (transitively, also lazily), imports nothing
+    but torch and the standard library: no transformers, DeepSpeed, Ray or orchestrator code."""
+    reached = third_party_imports(entry)
+    assert set(reached) <= {"torch"}, {pkg: sorted(mods) for pkg, mods in reached.items() if pkg != "torch"}
+
+
+@pytest.mark.parametrize("entry", PURE_PYTHON_MODULES)
+def test_pure_python_modules_import_no_torch(entry):
+    assert third_party_imports(entry) == {}
+
+
+def test_the_rules_catch_a_violation(tmp_path, monkeypatch):
+    """The import parser sees each way of importing a forbidden package, and the loss rule follows a
+    workers module the loss code imports into its own imports."""
+    sample = tmp_path / "workers" / "sample.py"
+    sample.parent.mkdir()
+    sample.write_text(
+        "import importlib\n"
+        "from . import helper\n"
+        "from .. import orchestrator\n"
+        "def lazy():\n"
+        "    import deepspeed.comm\n"
+        "    from transformers import AutoModel\n"
+        "    return importlib.import_module('ray.train'), __import__('orchestrator.cli')\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert imported_modules(sample) >= {
+        "workers.helper",
+        "orchestrator",
+        "deepspeed.comm",
+        "transformers",
+        "ray.train",
+        "orchestrator.cli",
+    }
+    (tmp_path / "workers" / "helper.py").write_text("import math\nimport torch\n")
+    (tmp_path / "workers" / "loss.py").write_text(
+        "from workers import helper\nfrom workers.sample import lazy\n"
+    )
+    assert third_party_imports("workers.loss") == {
+        "torch": {"workers.helper"},
+        "deepspeed": {"workers.sample"},
+        "transformers": {"workers.sample"},
+        "ray": {"workers.sample"},
+        "orchestrator": {"workers.sample"},
+    }
+    with pytest.raises(AssertionError, match="workers.gone"):
+        third_party_imports("workers.gone")
 
 
 def _module_name(path: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,9 +28,53 @@ def test_auto_on_cpu_picks_bf16_only_with_native_units(monkeypatch, amx, avx512_
     assert precision.resolve_precision("auto", use_gpu=False) == expected
 
 
-def test_auto_matches_this_machines_cpu():
-    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+def cpu_flags() -> set[str]:
+    """The flags the kernel reports for this machine's CPU (Linux), read independently of torch."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    lines = [line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")]
+    return set(lines[0].split(":", 1)[1].split()) if lines else set()
+
+
+def test_auto_follows_this_machines_cpu_flags():
+    """What a user on this machine gets: bf16 exactly when the CPU has AMX or AVX512-BF16 units, and
+    torch's probes (what the resolution asks) agree with the kernel's flags."""
+    flags = cpu_flags()
+    assert torch.cpu._is_avx512_bf16_supported() == ("avx512_bf16" in flags)
+    assert torch.cpu._is_amx_tile_supported() == ("amx_tile" in flags)
+    native = "amx_tile" in flags or "avx512_bf16" in flags
     assert precision.resolve_precision("auto", use_gpu=False) == ("bf16" if native else "fp32")
+    assert precision.resolve_teacher_precision("auto", "fp32", use_gpu=False) == (
+        "bf16" if native else "fp32"
+    )
+
+
+@pytest.mark.parametrize("teacher_precision", ["auto", "fp32", "bf16"])
+def test_built_models_have_the_resolved_dtypes(tmp_path, teacher_precision):
+    """The models a worker builds from the tiny config: the frozen teacher in the dtype its resolved
+    precision names (auto: bf16 exactly where this CPU has native bf16), the student always fp32."""
+    from orchestrator.data.tokenizer_training import save_trained, train_bpe
+    from workers.loop import build_models
+
+    save_trained(train_bpe(["def main():\n    return 0\n"] * 4, vocab_size=300), tmp_path / "tokenizer")
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+        ["deepspeed.precision=fp32", f"deepspeed.teacher_precision={teacher_precision}"],
+    ).to_dict()
+    resolved = with_resolved_precision(config, rank=1)
+    _, teacher, student, _ = build_models(
+        resolved, {"tokenizer": str(tmp_path / "tokenizer"), "max_positions": 64}
+    )
+    native = bool({"amx_tile", "avx512_bf16"} & cpu_flags())
+    expected = {
+        "auto": torch.bfloat16 if native else torch.float32,
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+    }
+    assert {p.dtype for p in teacher.parameters()} == {expected[teacher_precision]}
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+    assert not any(p.requires_grad for p in teacher.parameters())
 
 
 def test_auto_on_a_gpu_worker_without_cuda_is_fp32():

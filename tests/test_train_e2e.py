@@ -57,6 +57,41 @@ def assert_ledger_consistent(records: list[dict]) -> None:
                     assert record.get(f"{prefix}/{c}/weight", 0.0) == 0.0
 
 
+def scheduled_lrs(config, max_steps: int) -> list[float]:
+    """The lr after each of `max_steps` optimizer steps: DeepSpeed's WarmupCosineLR with the run's lr
+    and min_lr_ratio and BASE's 2 linear warm-up steps from 0, stepped on a plain torch optimizer."""
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    train = config.to_dict()["train"]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=train["lr"])
+    schedule = WarmupCosineLR(
+        optimizer,
+        total_num_steps=max_steps,
+        warmup_min_ratio=0.0,
+        warmup_num_steps=2,
+        cos_min_ratio=train["min_lr_ratio"],
+        warmup_type="linear",
+    )
+    lrs = []
+    for _ in range(max_steps):
+        schedule.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def table_weights(progress: float) -> dict[str, float]:
+    """configs/tiny.yaml's weights at `progress` by the DESIGN.md table (p1 0.3, p2 0.6, alphas 0.3/0.7/1/1)."""
+    feature = 0.0 if progress < 0.3 else min((progress - 0.3) / 0.3, 1.0)
+    return {"ce": 0.3, "kd": 0.7, "feature": feature, "attention": 1.0 if progress >= 0.6 else 0.0}
+
+
+STATIC_KEYS = {"step", "max_steps", "progress", "phase", "lr", "tokens_per_s", "nonfinite_skipped"}
+STATIC_KEYS |= {"student_params", "teacher_params", "world_size"}
+PARTS = {f"/{c}/{kind}" for c in COMPONENTS for kind in ("raw", "weight", "scaled")} | {"/total"}
+TRAIN_KEYS = STATIC_KEYS | {f"loss{part}" for part in PARTS}
+EVAL_KEYS = TRAIN_KEYS | {f"eval{part}" for part in PARTS} | {"eval/ce", "eval/ppl", "eval_train_ratio"}
+
+
 def student_state(student_dir: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
@@ -70,32 +105,59 @@ def zero2_run(ray_cluster, tiny_data_dir, tmp_path_factory):
     return run_dir, student_dir
 
 
-def test_zero2_run_reports_every_step_with_a_consistent_ledger(zero2_run):
+def test_zero2_run_reports_every_step_with_a_consistent_ledger(zero2_run, tiny_data_dir):
     run_dir, _ = zero2_run
+    config = make_config(tiny_data_dir, "deepspeed.zero_stage=2")
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, 13))
-    assert {r["phase"] for r in records} == {1, 2, 3}
+    assert [set(r) for r in records] == [EVAL_KEYS if r["step"] % 4 == 0 else TRAIN_KEYS for r in records]
+    # Step s trains at progress (s - 1) / 12.
+    assert [r["progress"] for r in records] == [(s - 1) / 12 for s in range(1, 13)]
+    assert [r["phase"] for r in records] == [1] * 4 + [2] * 4 + [3] * 4
+    assert {(r["max_steps"], r["world_size"], r["nonfinite_skipped"]) for r in records} == {(12, 2, 0)}
+    assert [r["lr"] for r in records] == pytest.approx(scheduled_lrs(config, 12), rel=1e-9, abs=0)
     assert_ledger_consistent(records)
+    for r in records:
+        expected = table_weights(r["progress"])
+        for c in COMPONENTS:
+            assert r[f"loss/{c}/weight"] == pytest.approx(expected[c], abs=1e-12), (r["step"], c)
+    # A part whose weight is 0 is not computed (raw exactly 0); a computed one is a positive loss.
+    assert [r["loss/feature/raw"] > 0 for r in records] == [False] * 4 + [True] * 8
+    assert [r["loss/attention/raw"] > 0 for r in records] == [False] * 8 + [True] * 4
+    assert all(r["loss/feature/raw"] == 0.0 for r in records[:4])
+    assert all(r["loss/attention/raw"] == 0.0 for r in records[:8])
+
     evals = [r for r in records if "eval/ppl" in r]
     assert [r["step"] for r in evals] == [4, 8, 12]
+    previous = 0
     for r in evals:
         assert math.isclose(r["eval/ppl"], math.exp(r["eval/ce"]), rel_tol=1e-6)
-        assert r["eval_train_ratio"] > 0
-    # Phase 3 asks for attention maps: the attention part is really computed (eager attention).
-    assert records[-1]["loss/attention/raw"] > 0
+        for c in COMPONENTS:  # eval uses the weights of the current training progress
+            assert r[f"eval/{c}/weight"] == r[f"loss/{c}/weight"]
+        # eval/train: the eval total over the mean raw train parts since the last eval, at today's weights.
+        window = records[previous : r["step"]]
+        train_total = 0.0
+        for c in COMPONENTS:
+            on = [w[f"loss/{c}/raw"] for w in window if w[f"loss/{c}/weight"] > 0]
+            if r[f"loss/{c}/weight"] > 0 and on:
+                train_total += r[f"loss/{c}/weight"] * sum(on) / len(on)
+        assert r["eval_train_ratio"] == pytest.approx(r["eval/total"] / train_total, rel=1e-9)
+        previous = r["step"]
     # The loss falls: plain CE at the end is below the start.
     assert records[-1]["loss/ce/raw"] < records[0]["loss/ce/raw"]
-    assert (run_dir / "config.yaml").exists()
+    assert (run_dir / "config.yaml").read_text() == config.to_yaml()
 
 
 def test_exported_student_loads_with_plain_transformers_and_generates(zero2_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _, student_dir = zero2_run
-    assert (student_dir / "model.safetensors").exists()
+    names = {p.name for p in student_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     model = AutoModelForCausalLM.from_pretrained(student_dir)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    assert model.config.num_hidden_layers == 2
+    # derive.num_layers=2 of the tiny-llama teacher's width 64, over the 512-token vocabulary.
+    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (2, 64, 512)
     inputs = tokenizer("def main(", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 8
@@ -104,10 +166,15 @@ def test_exported_student_loads_with_plain_transformers_and_generates(zero2_run)
 def test_checkpoints_hold_deepspeed_format_and_rerun_resumes_to_the_same_student(zero2_run, tiny_data_dir):
     run_dir, student_dir = zero2_run
     checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
-    assert len(checkpoints) == 2  # steps 6 and 12, checkpoints_to_keep=2
+    assert [read_state(c)["step"] for c in checkpoints] == [6, 12]  # checkpoints_to_keep=2
     latest = checkpoints[-1]
-    assert (latest / "latest").exists() and (latest / "zero_to_fp32.py").exists()
-    assert len(list(latest.glob("step_*/zero_pp_rank_*_optim_states.pt"))) == 2  # one partition per rank
+    assert (latest / "latest").read_text().strip() == "step_00000012" and (
+        latest / "zero_to_fp32.py"
+    ).is_file()
+    assert sorted(p.name for p in latest.glob("step_00000012/zero_pp_rank_*_optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",  # one ZeRO partition per rank
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     before = student_state(student_dir)
     # DeepSpeed's own consolidation script turns the ZeRO partitions into the exported weights.
     consolidated_dir = run_dir.parent / "consolidated"
@@ -130,7 +197,7 @@ def test_checkpoints_hold_deepspeed_format_and_rerun_resumes_to_the_same_student
     student_keys = {
         k.removeprefix("student."): v for k, v in consolidated.items() if k.startswith("student.")
     }
-    assert student_keys.keys() & before.keys() and all(k in student_keys for k in before if "rotary" not in k)
+    assert set(student_keys) == {k for k in before if "rotary" not in k}
     for key, value in student_keys.items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
     # Same run dir again: resumes from the step-12 checkpoint, trains nothing, re-exports.
@@ -236,12 +303,16 @@ def test_a_crash_while_a_checkpoint_is_copied_leaves_the_last_one_usable_and_the
                 step,
                 key,
             )
-    assert [read_state(d)["step"] for d in registered_checkpoints(crashed_dir)][-1] == 12
-    assert student_state(student_dir)  # plain transformers loads the exported student
+    assert sorted(read_state(d)["step"] for d in registered_checkpoints(crashed_dir)) == [8, 12]
+    # Plain transformers loads the exported student: the uninterrupted run's weights, to float noise.
+    resumed, reference = student_state(student_dir), student_state(zero2_run[1])
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("stage", [0, 3])
-def test_other_zero_stages_train_save_and_reload(stage, ray_cluster, tiny_data_dir, tmp_path):
+def test_other_zero_stages_train_save_and_reload(stage, zero2_run, tiny_data_dir, tmp_path):
     config = make_config(
         tiny_data_dir, f"deepspeed.zero_stage={stage}", "train.max_steps=8", "train.checkpoint_every=4"
     )
@@ -249,9 +320,13 @@ def test_other_zero_stages_train_save_and_reload(stage, ray_cluster, tiny_data_d
     student_dir = run_training(config, run_dir, echo=False)
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, 9))
+    assert [r["phase"] for r in records] == [1, 1, 1, 2, 2, 3, 3, 3]  # progress 0, 1/8, ... 7/8
     assert_ledger_consistent(records)
+    assert sorted(read_state(c)["step"] for c in registered_checkpoints(run_dir)) == [4, 8]
     before = student_state(student_dir)
-    assert all(v.numel() > 0 for v in before.values())  # ZeRO-3 shards were gathered for the export
+    # ZeRO-3 shards were gathered for the export: every tensor has the zero2 run's student's shape.
+    shapes = {k: tuple(v.shape) for k, v in student_state(zero2_run[1]).items()}
+    assert {k: tuple(v.shape) for k, v in before.items()} == shapes
     run_training(config, run_dir, echo=False)  # reloads the final DeepSpeed checkpoint of this stage
     after = student_state(student_dir)
     for key in before:
@@ -268,11 +343,18 @@ def test_non_finite_steps_are_skipped_counted_and_named_then_too_many_stop_the_r
     with pytest.raises(TrainingFailed, match="non-finite steps in a row"):
         # Step 2 is poisoned alone (skipped, run goes on); steps 5 and 6 in a row stop the run.
         run_training(config, run_dir, echo=False, faults={"nan_teacher_steps": [2, 5, 6]})
-    records = {r["step"]: r for r in read_metrics(run_dir)}
+    listed = read_metrics(run_dir)
+    assert [r["step"] for r in listed] == [1, 2, 3, 4, 5, 6]
+    records = {r["step"]: r for r in listed}
     assert "loss/total" not in records[2] and records[2]["nonfinite_components"] == "kd"
-    assert records[2]["nonfinite_skipped"] == 1
+    assert [r["nonfinite_skipped"] for r in listed] == [0, 1, 1, 1, 2, 3]
+    assert [r.get("nonfinite_components") for r in listed] == [None, "kd", None, None, "kd", "kd"]
     assert all(math.isfinite(records[s]["loss/total"]) for s in (1, 3, 4))
-    assert records[6]["nonfinite_skipped"] == 3
+    # A skipped step does not advance the LR schedule: step 3 trains at the lr step 2 would have had.
+    lrs = scheduled_lrs(config, 8)
+    assert [r["lr"] for r in listed] == pytest.approx(
+        [lrs[0], lrs[0], lrs[1], lrs[2], lrs[2], lrs[2]], rel=1e-9
+    )
     # The checkpoint of step 4 is the last good one and is kept.
-    assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 1
+    assert [read_state(c)["step"] for c in run_dir.glob("checkpoint_*") if c.is_dir()] == [4]
     assert not (run_dir / "student").exists()

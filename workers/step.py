@@ -6,7 +6,7 @@ masks of different sizes do not change the gradient. Logged values stay per-toke
 
 Non-finite handling (a NaN must never reach the optimizer): a micro-batch whose loss has a non-finite component on any rank
 has its loss replaced on every rank by a zero surrogate (exactly-zero gradients), and the window's
-optimizer step runs with lr 0 so parameters do not move (AdamW's moments still decay by one step).
+step leaves weights, optimizer state and LR schedule exactly as they were (`_step_without_moving`).
 """
 
 from __future__ import annotations
@@ -71,17 +71,28 @@ def reduce_token_weighted(per_batch: list[tuple[dict[str, float], int]]) -> tupl
 
 
 def _step_without_moving(engine) -> None:
-    """Run DeepSpeed's step (keeping its micro-step and LR bookkeeping aligned on every rank) at lr 0,
-    so parameters do not move. The LR scheduler then sets the next step's lr; if DeepSpeed skipped the
-    step itself (its own overflow check), the scheduler did not run and the old lr is put back."""
-    groups = engine.optimizer.param_groups
-    previous = [group["lr"] for group in groups]
-    for group in groups:
-        group["lr"] = 0.0
-    engine.step()
-    for group, lr in zip(groups, previous):
-        if group["lr"] == 0.0:
-            group["lr"] = lr
+    """Run DeepSpeed's step with the wrapped torch optimizer's own `step` a no-op for the call: DeepSpeed
+    still counts the micro-step and clears (or, under ZeRO, reduces and releases) the window's gradients
+    on every rank, but weights, AdamW's moments and step count do not change. The LR scheduler's state
+    and lrs are put back: a skipped step does not advance the schedule, as on DeepSpeed's fp16 overflow."""
+    basic = engine.basic_optimizer
+    scheduler = engine.lr_scheduler
+    scheduler_state = scheduler.state_dict() if scheduler is not None else None
+    lrs = [group["lr"] for group in engine.optimizer.param_groups]
+    # ZeRO-1/2 and the bf16 optimizer link AdamW's state to each parameter once, after the first real
+    # step; a skipped first step must not mark that done while the state is still empty.
+    linked = getattr(engine.optimizer, "_hp_optimizer_states_linked", None)
+    basic.step = lambda *args, **kwargs: None  # an instance attribute shadows the class's step
+    try:
+        engine.step()
+    finally:
+        del basic.step
+    if linked is False:
+        engine.optimizer._hp_optimizer_states_linked = False
+    if scheduler is not None:
+        scheduler.load_state_dict(scheduler_state)
+    for group, lr in zip(engine.optimizer.param_groups, lrs):
+        group["lr"] = lr
 
 
 def train_step(

@@ -50,6 +50,16 @@ def _schedule_spans(schedule, max_steps: int) -> list[tuple[int, float, float]]:
 def write_plot(
     records: Sequence[dict[str, Any]], path: Path, run_config: dict[str, Any] | None = None
 ) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(records, run_config)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def build_figure(records: Sequence[dict[str, Any]], run_config: dict[str, Any] | None = None):
+    """The report's matplotlib Figure: six panels, 2 rows x 3 (the caller saves and closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +157,4 @@ def write_plot(
         ppl_ax.set_yscale("log")
     ppl_ax.set_title("in-run eval perplexity (evenly spaced eval sequences)")
     ppl_ax.set_xlabel("step")
-
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig
