@@ -60,7 +60,7 @@ def test_the_contract_table_has_one_column_per_component_in_order():
 def test_weights_follow_the_contract_table_in_every_phase(p1, p2, alpha):
     """At 101 points across [0, 1] and just either side of each boundary, the schedule's phase and
     weights are the ones the table's formulas give."""
-    s = CurriculumSchedule(p1, p2, alpha)
+    s = schedule(p1, p2, alpha)
     points = sorted({k / 100 for k in range(101)} | {b + d for b in (p1, p2) for d in (-EPS, 0.0, EPS)})
     phases = set()
     for p in (x for x in points if 0.0 <= x <= 1.0):

@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # The loss code: workers/distill_loss.py composes the others; a missing one is a failure, not a skip.
-LOSS_MODULES = ("workers.losses", "workers.distill_loss", "workers.curriculum", "workers.loss_kinds")
+LOSS_MODULES = ("workers.losses", "workers.distill_loss", "workers.curriculum", "workers.loss_config")
 # Imported at every CLI start and pickled into every Ray worker and Tune trial: no torch either.
-PURE_PYTHON_MODULES = ("workers.curriculum", "workers.loss_kinds")
+PURE_PYTHON_MODULES = ("workers.curriculum", "workers.loss_config")
 
 
 def module_path(name: str) -> Path:

@@ -55,7 +55,8 @@ def test_built_models_have_the_resolved_dtypes(tmp_path, teacher_precision):
     """The models a worker builds from the tiny config: the frozen teacher in the dtype its resolved
     precision names (auto: bf16 exactly where this CPU has native bf16), the student always fp32."""
     from orchestrator.data.tokenizer_training import save_trained, train_bpe
-    from workers.loop import build_models
+    from workers.runtime import WorkerRuntime
+    from workers.worker_setup import build_models
 
     save_trained(train_bpe(["def main():\n    return 0\n"] * 4, vocab_size=300), tmp_path / "tokenizer")
     config = load_config(
@@ -63,9 +64,10 @@ def test_built_models_have_the_resolved_dtypes(tmp_path, teacher_precision):
         ["deepspeed.precision=fp32", f"deepspeed.teacher_precision={teacher_precision}"],
     ).to_dict()
     resolved = with_resolved_precision(config, rank=1)
-    _, teacher, student, _ = build_models(
-        resolved, {"tokenizer": str(tmp_path / "tokenizer"), "max_positions": 64}
+    runtime = WorkerRuntime(
+        tokenizer=str(tmp_path / "tokenizer"), max_positions=64, student_dir=str(tmp_path)
     )
+    _, teacher, student, _ = build_models(resolved, runtime)
     native = bool({"amx_tile", "avx512_bf16"} & cpu_flags())
     expected = {
         "auto": torch.bfloat16 if native else torch.float32,

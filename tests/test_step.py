@@ -13,6 +13,7 @@ from tiny_llama import CE_ONLY, tiny_llama
 
 from workers.distill_loss import DistillationLoss
 from workers.engine import build_engine
+from workers.loss_config import CurriculumConfig, LossConfig
 from workers.step import train_step
 
 WIDTH, LAYERS, VOCAB, SEQ = 32, 2, 128, 16
@@ -54,9 +55,9 @@ def kd_engine(zero_stage: int, grad_accum: int = 2, grad_clip: float = 1.0, loss
 
     student = tiny_llama(LAYERS, WIDTH, VOCAB, seed=0)
     teacher = tiny_llama(LAYERS, WIDTH, VOCAB, seed=1).eval()
-    loss = DistillationLoss.from_config(
-        loss_cfg,
-        NO_CURRICULUM,
+    loss = DistillationLoss(
+        LossConfig(**loss_cfg),
+        CurriculumConfig(**NO_CURRICULUM),
         student_hidden_size=WIDTH,
         teacher_hidden_size=WIDTH,
         student_num_layers=LAYERS,
