@@ -222,7 +222,8 @@ def test_zero_weight_component_is_not_computed():
     breakdown = module(student_out, teacher_out, labels, None, 0.5)
     assert set(breakdown.raw) == {"ce", "feature"}
     assert breakdown.weights == {"ce": 0.3, "kd": 0.0, "feature": 1.5, "attention": 0.0}
-    assert breakdown.num_tokens == 16
+    # ce averages over the 2 x 7 shifted targets, the other parts over all 2 x 8 tokens.
+    assert module.token_counts(labels, None) == {"ce": 14, "kd": 16, "feature": 16, "attention": 16}
 
 
 def test_teacher_may_be_none_when_only_ce_is_weighted(student, batch):
@@ -270,7 +271,13 @@ def test_phase3_with_real_models_matches_the_parts_and_backpropagates(student, t
     assert_total_is_sum_of_scaled(breakdown)
     _, attention_mask, labels = batch
     mask = attention_mask.bool()
-    assert breakdown.num_tokens == 13
+    ce_targets = int((labels[:, 1:] != -100).sum())
+    assert module.token_counts(labels, attention_mask) == {
+        "ce": ce_targets,
+        "kd": 13,
+        "feature": 13,
+        "attention": 13,
+    }
     assert torch.equal(breakdown.raw["ce"], ce_loss(student_out.logits, labels))
     assert torch.equal(breakdown.raw["kd"], kd_loss(student_out.logits, teacher_out.logits, 2.0, mask=mask))
     features = [
@@ -373,9 +380,7 @@ def test_to_metrics_has_every_component_as_python_floats():
     raw = {"ce": torch.tensor(2.0, requires_grad=True), "kd": torch.tensor(1.5)}
     weights = {"ce": 0.5, "kd": 1.0, "feature": 0.0, "attention": 0.0}
     scaled = {name: weights[name] * value for name, value in raw.items()}
-    breakdown = LossBreakdown(
-        total=sum(scaled.values()), raw=raw, weights=weights, scaled=scaled, num_tokens=10
-    )
+    breakdown = LossBreakdown(total=sum(scaled.values()), raw=raw, weights=weights, scaled=scaled)
     metrics = breakdown.to_metrics("eval")
     assert metrics == {
         "eval/total": 2.5,

@@ -124,19 +124,12 @@ def capture_window_gradients(engine) -> dict[str, torch.Tensor]:
     return captured
 
 
-CE_TOKEN_SHIFT = pytest.mark.xfail(
-    strict=True,
-    reason="train_step weights each micro-batch by its attention-mask tokens; CE's own tokens are the "
-    "shifted targets, one fewer per row (A: 2 of 3, B: 11 of 12), so CE over padded rows is not token-weighted",
-)
-
-
 @pytest.mark.parametrize("zero_stage", [0, 2], ids=lambda stage: f"zero{stage}")
 @pytest.mark.parametrize(
     "component, per_token, tokens",
     [
         ("kd", per_token_kd, (3, 12)),
-        pytest.param("ce", per_token_ce, (2, 11), marks=CE_TOKEN_SHIFT),
+        ("ce", per_token_ce, (2, 11)),  # ce: the shifted targets, one fewer per row
     ],
     ids=["kd", "ce"],
 )
@@ -169,6 +162,30 @@ def test_accumulation_with_unequal_masks_weights_tokens_not_micro_batches(
     assert worst_right <= 1e-5 * scale, (worst_right, scale)
     # Averaging micro-batch means would be caught: its gradient is far outside that tolerance.
     assert worst_wrong > 1e-2 * scale, (worst_wrong, scale)
+
+
+def test_each_part_is_weighted_by_its_own_tokens_when_both_are_on(single_process_group):
+    """ce (2 + 11 shifted targets) and kd (3 + 12 tokens) together: the window's gradient is that of
+    0.5 * (ce mean over its 13 targets) + 0.5 * (kd mean over its 15 tokens), and the logged total is
+    the sum of the logged parts."""
+    both = {**KD_ONLY, "alpha_ce": 0.5, "alpha_kd": 0.5}
+    engine, teacher, reference = kd_engine(0, grad_clip=0.0, loss_cfg=both)
+    a, b = micro_batch(3, seed=0), micro_batch(12, seed=1)
+    captured = capture_window_gradients(engine)
+    result = train_step(engine, teacher, [a, b], progress=0.5)
+
+    ce = torch.cat([per_token_ce(reference, teacher, a), per_token_ce(reference, teacher, b)])  # (13,)
+    kd = torch.cat([per_token_kd(reference, teacher, a), per_token_kd(reference, teacher, b)])  # (15,)
+    expected = hand_gradients(reference, 0.5 * ce.mean() + 0.5 * kd.mean())
+    scale = max(float(g.abs().max()) for g in expected.values())
+    worst = max(float((captured[n] - expected[n]).abs().max()) for n in captured)
+    assert worst <= 1e-5 * scale, (worst, scale)
+    metrics = result.metrics
+    assert metrics["loss/ce/raw"] == pytest.approx(float(ce.mean()), rel=1e-4)
+    assert metrics["loss/kd/raw"] == pytest.approx(float(kd.mean()), rel=1e-4)
+    assert metrics["loss/ce/weight"] == metrics["loss/kd/weight"] == 0.5
+    parts = sum(metrics[f"loss/{c}/scaled"] for c in ("ce", "kd", "feature", "attention"))
+    assert metrics["loss/total"] == pytest.approx(parts, rel=1e-12)
 
 
 def snapshot(engine, moments: bool = False) -> dict:

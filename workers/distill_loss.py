@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from workers.curriculum import COMPONENTS, CurriculumSchedule
 from workers.loss_config import CurriculumConfig, LossConfig
-from workers.losses import attention_loss, ce_loss, feature_loss, kd_loss
+from workers.losses import attention_loss, ce_loss, ce_targets, feature_loss, kd_loss
 
 # The components that read the teacher's outputs (ce alone needs no teacher forward).
 _TEACHER_COMPONENTS = ("kd", "feature", "attention")
@@ -41,15 +41,13 @@ class LossBreakdown:
     raw: unweighted value of each computed component (components with weight 0 are absent).
     weights: the schedule's weight of every component in `COMPONENTS`.
     scaled: weight * raw of each computed component.
-    num_tokens: unmasked tokens in the batch; weight micro-batches by it to normalise by tokens
-        over a gradient-accumulation window (so masks of different sizes do not change the gradient).
+    Each raw value is a mean over its own tokens (`DistillationLoss.token_counts`).
     """
 
     total: Tensor
     raw: dict[str, Tensor] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     scaled: dict[str, Tensor] = field(default_factory=dict)
-    num_tokens: int = 0
 
     def nonfinite(self) -> list[str]:
         """Names of computed components whose raw value is NaN or inf, in `COMPONENTS` order."""
@@ -228,8 +226,15 @@ class DistillationLoss(nn.Module):
             # Every weight is 0 at this progress (e.g. alpha_ce = alpha_kd = 0 in phase 1): a zero
             # that is still attached to the student's graph, so the caller's backward() works.
             total = student_out.logits.sum() * 0.0
-        num_tokens = int(mask.sum()) if mask is not None else int(labels.numel())
-        return LossBreakdown(total=total, raw=raw, weights=weights, scaled=scaled, num_tokens=num_tokens)
+        return LossBreakdown(total=total, raw=raw, weights=weights, scaled=scaled)
+
+    def token_counts(self, labels: Tensor, attention_mask: Tensor | None) -> dict[str, int]:
+        """Per component, how many tokens its mean runs over: ce over its shifted targets (one fewer
+        per row, fewer where labels are ignore_index), the others over the attention mask's tokens.
+        Weight each micro-batch's part by these to normalise by tokens over an accumulation window."""
+        ce = int(ce_targets(labels, self.ignore_index).sum())
+        masked = int(attention_mask.sum()) if attention_mask is not None else int(labels.numel())
+        return {name: ce if name == "ce" else masked for name in COMPONENTS}
 
     def _feature(self, student_out: Any, teacher_out: Any, mask: Tensor | None) -> Tensor:
         student_hidden = _layer_outputs(

@@ -91,6 +91,11 @@ def _check_token_pair(
     _same_leading_shape(f"student {what}", student, f"teacher {what}", teacher, 2)
 
 
+def ce_targets(labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """(B, T) labels -> (B, T-1) bool: the next-token targets `ce_loss` averages over."""
+    return labels[:, 1:] != ignore_index
+
+
 def ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
     """Next-token cross-entropy, Hugging Face causal-LM convention.
 
@@ -107,7 +112,7 @@ def ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
     # (B, T, V) -> (B, T-1, V): the last position has no next token to predict.
     shift_logits = logits[:, :-1]
     shift_labels = labels[:, 1:]
-    keep = shift_labels != ignore_index
+    keep = ce_targets(labels, ignore_index)
     # (B, T-1, V) -> (N, V) and (B, T-1) -> (N,)
     kept_logits = _upcast(shift_logits[keep])
     kept_labels = shift_labels[keep]

@@ -1,8 +1,9 @@
 """One optimizer step and one eval pass of the distillation loop, usable inside or outside Ray.
 
-Token normalisation: every micro-batch loss is a per-token mean; for
-backward it is weighted by its share of the tokens in the whole accumulation window across ranks, so
-masks of different sizes do not change the gradient. Logged values stay per-token means.
+Token normalisation: every part of a micro-batch's loss is a mean over its own tokens (ce over its
+shifted targets, the others over the attention mask); for backward each part is weighted by the
+micro-batch's share of that part's tokens in the whole accumulation window across ranks, so masks of
+different sizes do not change the gradient. Logged values stay per-token means.
 
 Non-finite handling (a NaN must never reach the optimizer): a micro-batch whose loss has a non-finite component on any rank
 has its loss replaced on every rank by a zero surrogate (exactly-zero gradients), and the window's
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.curriculum import COMPONENTS
 from workers.data import Batch
 from workers.dist import all_reduce_sum, any_rank, world_size
 from workers.student_module import LossMode, StudentLoss, model_outputs
@@ -55,19 +57,46 @@ def _student_loss(engine, batch: Batch, teacher_out, progress: float, mode: Loss
     )
 
 
-def _weighted_mean(sums: dict[str, float], tokens: float) -> dict[str, float]:
-    return {k: v / tokens for k, v in sums.items()} if tokens > 0 else dict.fromkeys(sums, 0.0)
+def _metric_component(key: str) -> str | None:
+    """The component whose tokens a metric is a mean over: `loss/kd/raw` -> kd, `eval/ce` (plain CE)
+    -> ce; None for weights (the same in every micro-batch) and totals (rebuilt from the parts)."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[1] in COMPONENTS and parts[2] in ("raw", "scaled"):
+        return parts[1]
+    return "ce" if key == "eval/ce" else None
 
 
-def reduce_token_weighted(per_batch: list[tuple[dict[str, float], int]]) -> tuple[dict[str, float], float]:
-    """Token-weighted means of metric dicts over batches and ranks."""
+def reduce_token_weighted(
+    per_batch: list[tuple[dict[str, float], dict[str, int]]], prefix: str
+) -> dict[str, float]:
+    """Means of `LossBreakdown.to_metrics(prefix)` dicts over micro-batches and ranks, each part weighted
+    by its own token counts (`DistillationLoss.token_counts`); `{prefix}/total` is the sum of the
+    reduced scaled parts, so the logged total stays the sum of the logged parts."""
     if not per_batch:
-        return {}, 0.0
-    keys = sorted(per_batch[0][0])
-    local = [sum(m[k] * n for m, n in per_batch) for k in keys] + [float(sum(n for _, n in per_batch))]
+        return {}
+    first = per_batch[0][0]
+    keys = sorted(k for k in first if _metric_component(k) is not None)
+    local = [sum(m[k] * n[_metric_component(k)] for m, n in per_batch) for k in keys]
+    local += [float(sum(n[c] for _, n in per_batch)) for c in COMPONENTS]
     reduced = all_reduce_sum(local)
-    tokens = reduced[-1]
-    return _weighted_mean(dict(zip(keys, reduced[:-1])), tokens), tokens
+    counts = dict(zip(COMPONENTS, reduced[len(keys) :]))
+    metrics = {k: first[k] for k in first if k.endswith("/weight")}
+    for key, value in zip(keys, reduced):
+        count = counts[_metric_component(key)]
+        metrics[key] = value / count if count > 0 else 0.0
+    metrics[f"{prefix}/total"] = sum(metrics[f"{prefix}/{c}/scaled"] for c in COMPONENTS)
+    return metrics
+
+
+def _token_weighted_objective(breakdown, counts: dict[str, int], window: dict[str, float]):
+    """What backward differentiates for one micro-batch: each scaled part times this micro-batch's
+    share of that part's tokens in the window (all ranks; DeepSpeed averages gradients over ranks), so
+    the window's gradient is that of each part's mean over all its tokens, whatever the masks."""
+    objective = breakdown.total * 0.0  # stays on the graph when no part has tokens
+    for name, scaled in breakdown.scaled.items():
+        if window[name] > 0:
+            objective = objective + scaled * (counts[name] * world_size() / window[name])
+    return objective
 
 
 def _step_without_moving(engine) -> None:
@@ -98,10 +127,15 @@ def _step_without_moving(engine) -> None:
 def train_step(
     engine, teacher: torch.nn.Module, micro_batches: Sequence[Batch], progress: float
 ) -> StepResult:
-    local_tokens = [int(b["attention_mask"].sum()) for b in micro_batches]
-    window_tokens = all_reduce_sum([float(sum(local_tokens))])[0]
+    loss = engine.module.loss
+    counts = [loss.token_counts(b["labels"], b["attention_mask"]) for b in micro_batches]
+    local_tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
+    *window_counts, window_tokens = all_reduce_sum(
+        [float(sum(n[c] for n in counts)) for c in COMPONENTS] + [float(local_tokens)]
+    )
+    window = dict(zip(COMPONENTS, window_counts))
     per_batch, bad_components = [], []
-    for batch, n_tokens in zip(micro_batches, local_tokens):
+    for batch, batch_counts in zip(micro_batches, counts):
         teacher_out = _teacher_outputs(teacher, batch, engine.module, progress)
         breakdown = _student_loss(engine, batch, teacher_out, progress, LossMode.TRAIN).breakdown
         nonfinite = breakdown.nonfinite()
@@ -111,16 +145,15 @@ def train_step(
             surrogate = _student_loss(engine, batch, None, progress, LossMode.ZERO_SURROGATE).breakdown.total
             engine.backward(surrogate, scale_wrt_gas=False)
         else:
-            # engine.backward would divide by grad_accum; the token share already does the averaging.
-            share = n_tokens * world_size() / window_tokens
-            engine.backward(breakdown.total * share, scale_wrt_gas=False)
-            per_batch.append((breakdown.to_metrics("loss"), n_tokens))
+            # engine.backward would divide by grad_accum; the token shares already do the averaging.
+            engine.backward(_token_weighted_objective(breakdown, batch_counts, window), scale_wrt_gas=False)
+            per_batch.append((breakdown.to_metrics("loss"), batch_counts))
         # DeepSpeed counts micro-steps in step(); it only updates at the accumulation boundary.
         if engine.is_gradient_accumulation_boundary() and bad_components:
             _step_without_moving(engine)
         else:
             engine.step()
-    metrics, _ = reduce_token_weighted(per_batch) if not bad_components else ({}, 0.0)
+    metrics = reduce_token_weighted(per_batch, "loss") if not bad_components else {}
     return StepResult(
         metrics, int(window_tokens), skipped=bool(bad_components), nonfinite=sorted(set(bad_components))
     )
@@ -139,9 +172,11 @@ def eval_pass(
             breakdown, plain_ce = _student_loss(engine, batch, teacher_out, progress, LossMode.EVAL)
             metrics = breakdown.to_metrics("eval")
             metrics["eval/ce"] = float(plain_ce)
-            per_batch.append((metrics, int(batch["attention_mask"].sum())))
+            per_batch.append(
+                (metrics, engine.module.loss.token_counts(batch["labels"], batch["attention_mask"]))
+            )
     finally:
         engine.train()
-    metrics, _ = reduce_token_weighted(per_batch)
+    metrics = reduce_token_weighted(per_batch, "eval")
     metrics["eval/ppl"] = math.exp(min(metrics["eval/ce"], 50.0))
     return metrics
