@@ -184,6 +184,58 @@ def test_seq_len_above_the_presets_max_positions_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def save_tokenizer(model_dir: Path) -> Path:
+    """A byte-level BPE of other text than the session's data (same special ids 0/1/2) beside a model."""
+    from orchestrator.data.tokenizer_training import save_trained, train_bpe
+
+    save_trained(train_bpe(["SELECT * FROM t WHERE x = 1;\n"] * 8, vocab_size=300), model_dir)
+    return model_dir
+
+
+def test_data_tokenised_by_another_tokenizer_than_the_teachers_is_refused(data_copy, tmp_path, capsys):
+    teacher = save_tokenizer(save_model(tmp_path / "teacher", layers=3, width=48))
+    before = snapshot(data_copy)
+    line = refused(capsys, tmp_path / "run", f"teacher={teacher}", f"data.source={data_copy}")
+    assert line == (
+        f"raydistill: error: teacher='{teacher}' is pretrained with another tokenizer than the data's "
+        f"(data.source='{data_copy}'): vocabulary/merges/normaliser; tokenise the data with the teacher's tokenizer"
+    )
+    assert snapshot(data_copy) == before
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_id_in_the_data_past_an_embedding_is_refused(tiny_data_dir, tmp_path, capsys):
+    teacher = save_model(tmp_path / "teacher", layers=3, width=48, vocab=256)  # no tokenizer of its own
+    max_id = json.loads((tiny_data_dir / "manifest.json").read_text())["max_token_id"]
+    line = refused(capsys, tmp_path / "run", f"teacher={teacher}", f"data.source={tiny_data_dir}")
+    assert line == (
+        f"raydistill: error: teacher='{teacher}': its embedding has 256 rows (config.json vocab_size) but the "
+        f"data (data.source='{tiny_data_dir}') holds ids up to {max_id}"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_special_ids_of_a_model_other_than_the_tokenizers_are_refused(tiny_data_dir, tmp_path, capsys):
+    student = save_model(tmp_path / "student")
+    config = json.loads((student / "config.json").read_text())
+    (student / "config.json").write_text(json.dumps({**config, "eos_token_id": 5}))
+    line = refused(capsys, tmp_path / "run", f"student={student}", f"data.source={tiny_data_dir}")
+    assert line == (
+        f"raydistill: error: student='{student}': config.json eos_token_id=5, but the data's tokenizer "
+        f"(data.source='{tiny_data_dir}') has eos '<|eos|>' = 1"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrained_teacher_without_a_tokenizer_on_a_corpus_is_refused(tmp_path, capsys):
+    teacher = save_model(tmp_path / "teacher", layers=3, width=48)
+    line = refused(capsys, tmp_path / "run", f"teacher={teacher}", f"data.cache_dir={tmp_path / 'cache'}")
+    assert line.startswith(
+        f"raydistill: error: teacher='{teacher}' has no tokenizer files and data.tokenizer is not set"
+    ), line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Data.
 

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from workers.presets import build_preset_config, preset_name
+from workers.tokenizer_identity import with_pad_fallback
 
 DERIVED = "derived"
 NO_TEACHER = "none"
@@ -19,11 +20,9 @@ class ModelSetupError(ValueError):
 
 
 def load_tokenizer(path_or_id: str):
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id)
-    if tokenizer.pad_token_id is None:
-        # Causal LMs often ship without a pad token; packed sequences never pad, eval batches may.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    """The run's tokenizer, pad = eos when it has none (the driver says so once: orchestrator/train/
+    trainer.py; labels are never masked by pad id, so eos stays trained on)."""
+    return with_pad_fallback(AutoTokenizer.from_pretrained(path_or_id))
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:

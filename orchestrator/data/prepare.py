@@ -7,7 +7,8 @@ strings them together, decides when an existing output can be reused, and is the
 point other code calls: `ensure_prepared(data_cfg, max_positions)`.
 
 Reuse: an output whose manifest records the same settings (`SETTINGS_KEYS`: resolved source, corpus
-content hash, tokenizer, seq_len, eval fraction, seed, shard size, format version) is returned as is.
+content hash, tokenizer (`bpe:<vocab>` or its full identity), seq_len, eval fraction, seed, shard
+size, format version) is returned as is.
 An output dir that is non-empty without such a manifest is refused and left untouched.
 
 Heavy libraries (numpy, pyarrow, tokenizers, transformers) are imported inside the functions: the CLI
@@ -299,6 +300,8 @@ def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
             "train_shards": train_shards,
             "eval_shards": eval_shards,
             "vocab_size": encoder.vocab_size,
+            # The largest id in the shards: checked against the models' embeddings before a run.
+            "max_token_id": int(max(train.max(), evaluation.max())),
             "tokenizer_hash": tokenizer_training.tokenizer_hash(tokenizer),
             "tokenizer_source": tokenizer_source,
             "bos_id": encoder.bos_id,
@@ -382,7 +385,7 @@ def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> P
         if twin is not None:
             print(
                 f"reusing {twin}: the same corpus and settings, tokenised by a tokenizer with the same "
-                f"content ({plan.settings['tokenizer'][:19]}...)"
+                f"content and special tokens ({plan.settings['tokenizer'][:19]}...)"
             )
             check_prepared_shards(twin, read_manifest(twin))
             return twin.resolve()
@@ -394,10 +397,11 @@ def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> P
 
 def _same_tokens_in_cache(cache_root: Path, plan: _Plan) -> Path | None:
     """A cache entry holding exactly the shards `plan` would write: the same corpus and settings,
-    tokenised by a tokenizer whose content hash is the given one's. The demo's pre-trained teacher
-    brings a copy of the BPE trained for its own data, so the distillation finds that data here
-    instead of tokenising the corpus again. Entries are keyed by how the tokenizer was named
-    (`bpe:<vocab>` or `sha256:<hash>`), hence this search by content."""
+    tokenised by a tokenizer of the same full identity (workers/tokenizer_identity.py: special tokens
+    and chat template too, not `tokenizer.json` alone). The demo's pre-trained teacher brings a copy of
+    the BPE trained for its own data, so the distillation finds that data here instead of tokenising
+    the corpus again. Entries are keyed by how the tokenizer was named (`bpe:<vocab>` or
+    `sha256:<identity>`), hence this search by identity."""
     if plan.pretrained is None or not cache_root.is_dir():
         return None
     tokenizer_hash = plan.settings["tokenizer"].removeprefix("sha256:")

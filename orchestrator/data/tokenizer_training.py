@@ -4,15 +4,14 @@ Both end up as a Hugging Face tokenizer directory (`tokenizer.json` + `tokenizer
 `transformers.AutoTokenizer.from_pretrained(dir)` loads, and as a `TextEncoder` that turns documents
 into token ids without adding special tokens (the packer appends eos itself).
 
-Tokenizer hash: sha256 of the `tokenizer.json` serialisation of the tokenizer as transformers loads it
-(`backend_tokenizer.to_str()`), or of its sorted vocabulary when it has no `tokenizers` backend. It is
-stable across save/load round trips, so the hash in a manifest equals `tokenizer_hash()` of
-`AutoTokenizer.from_pretrained(<out>/tokenizer)` and of the source the tokenizer came from.
+Tokenizer hash: the tokenizer's full identity (workers/tokenizer_identity.py: backend, special tokens,
+chat template, id flags), not `tokenizer.json` alone: Qwen2.5 base and Instruct share that file and
+differ in eos. It is stable across save/load round trips, so the hash in a manifest equals
+`tokenizer_hash()` of `AutoTokenizer.from_pretrained(<out>/tokenizer)` and of the tokenizer's source.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,13 +85,10 @@ def load_pretrained(path_or_id: str | Path) -> Any:
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
-    """sha256 hex of a transformers tokenizer (see the module docstring)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        text = backend.to_str()
-    else:
-        text = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The tokenizer's identity (sha256 hex; see the module docstring)."""
+    from workers.tokenizer_identity import tokenizer_identity
+
+    return tokenizer_identity(tokenizer)
 
 
 @dataclass

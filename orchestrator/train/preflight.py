@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.config import Config
 from orchestrator.errors import UserError
+from orchestrator.train.data_models import check_data_fits_models
 from orchestrator.train.model_configs import (
     PRESET_MAX_POSITIONS,
     check_vocabularies,
@@ -105,3 +106,4 @@ def preflight(config: Config) -> None:
     check_vocabularies(config)
     check_seq_len_fits(config)
     check_data_source(config)
+    check_data_fits_models(config)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config
-from orchestrator.train.model_configs import PRESET_MAX_POSITIONS, max_positions_of, text_config_of
+from orchestrator.train.model_configs import PRESET_MAX_POSITIONS, max_positions_of
 from workers import ray_console
 from workers.runtime import WorkerRuntime
 
@@ -39,25 +39,41 @@ def prepare_run(config: Config, run_dir: Path, verbose: bool = False) -> Prepare
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver. The
     inputs were checked first by `orchestrator.train.preflight.preflight` (train and sweep call it).
     `verbose` (`--verbose`) reaches the workers in their runtime."""
-    from orchestrator.data.prepare import ensure_prepared, read_manifest
+    from orchestrator.data.prepare import MANIFEST, ensure_prepared, read_manifest
+    from orchestrator.train.data_models import default_tokenizer, run_tokenizer_spec
 
     limits = [m for m in (max_positions_of(config.teacher), max_positions_of(config.student)) if m]
     max_positions = min(limits) if limits else PRESET_MAX_POSITIONS
     data_cfg = config.data
-    real_models = [m for m in (config.teacher, config.student) if text_config_of(m) is not None]
-    if data_cfg.tokenizer is None and real_models:
-        # A real model brings its own vocabulary: tokenise with it rather than training a new BPE.
-        data_cfg = dataclasses.replace(data_cfg, tokenizer=real_models[0])
+    default = default_tokenizer(config)
+    if default is not None and not (Path(data_cfg.source).expanduser() / MANIFEST).is_file():
+        # A pretrained model brings its own vocabulary: tokenise with it rather than training a new BPE.
+        key, spec = default
+        print(f"raydistill: data.tokenizer not set: tokenising with the {key}'s tokenizer ({spec})")
+        data_cfg = dataclasses.replace(data_cfg, tokenizer=spec)
     data_dir = ensure_prepared(data_cfg, max_positions=max_positions)
     manifest = read_manifest(data_dir)
+    tokenizer = run_tokenizer_spec(config, data_dir)
+    _announce_pad_fallback(tokenizer)
     runtime = WorkerRuntime(
-        tokenizer=str(data_dir / "tokenizer"),
+        tokenizer=tokenizer,
         max_positions=max_positions,
         student_dir=str(run_dir / STUDENT_DIR),
         eval_sequences=int(manifest["eval_sequences"]),
         verbose=verbose,
     )
     return PreparedRun(config.to_dict(), runtime, data_dir)
+
+
+def _announce_pad_fallback(tokenizer: str) -> None:
+    """One line when the run's tokenizer has no pad token (workers then use eos: models.load_tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from workers.tokenizer_identity import pad_fallback_note
+
+    note = pad_fallback_note(AutoTokenizer.from_pretrained(tokenizer), tokenizer)
+    if note is not None:
+        print(f"raydistill: {note}")
 
 
 def configure_ray_data(context, environ=os.environ, verbose: bool = False) -> None:
