@@ -21,7 +21,10 @@ from orchestrator.dotted import set_dotted, split_key
 from orchestrator.errors import ConfigError
 
 # The loss's own typed sections, with their rules (workers/ never imports orchestrator/; that module
-# imports no torch, so CLI start-up stays fast).
+# imports no torch, so CLI start-up stays fast). Attention kernels of both models, each resolved for
+# its own class: "auto" = flash-attention 2 (GPU, installed, half precision) or sdpa where the model
+# supports it, else eager; eager while the attention loss needs maps (workers/attention.py).
+from workers.attention import ATTN_IMPLEMENTATIONS
 from workers.loss_config import CurriculumConfig, FieldError, LossConfig
 
 # "auto": bf16 where the worker's hardware computes it natively, else fp32 (workers/precision.py).
@@ -29,9 +32,6 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 # The frozen teacher only runs forward: "auto" = bf16 where the student trains in bf16 or the
 # worker's hardware computes bf16 natively (its forward then costs about half), else fp32.
 TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
-# Attention kernel of both models: "auto" = sdpa, switched to eager only while the attention loss
-# needs attention maps; "eager" = always eager (faster at short sequences on CPU, BENCHMARKS.md).
-ATTN_IMPLEMENTATIONS = ("auto", "eager")
 
 
 @dataclass
@@ -83,7 +83,7 @@ class TrainConfig:
     max_nonfinite_in_a_row: int = 10
     # >0 prints the full loss ledger every N steps.
     debug_every: int = 0
-    # auto or eager (see ATTN_IMPLEMENTATIONS).
+    # auto, eager, sdpa or flash_attention_2 (see ATTN_IMPLEMENTATIONS).
     attn_implementation: str = "auto"
     # torch.compile the model being trained (its forward and backward; the loss stays eager): faster
     # steps after a slow first compile (BENCHMARKS.md, "Compiling the teacher's pre-training").

@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_llama import tiny_llama as build_tiny_llama
 
+from workers.attention import kernel_for
 from workers.distill_loss import DistillationLoss, OutputRequest
 from workers.loss_config import CurriculumConfig, LossConfig
 from workers.step import _teacher_outputs
@@ -35,8 +36,10 @@ def batch():
 
 
 def test_settings_map_to_the_kernel_used_without_attention_maps():
-    assert base_attention("auto") == "sdpa"
-    assert base_attention("eager") == "eager"
+    model = tiny_llama()
+    assert kernel_for(model, base_attention("auto")) == "sdpa"
+    assert kernel_for(model, base_attention("eager")) == "eager"
+    assert kernel_for(model, base_attention("sdpa")) == "sdpa"
 
 
 def test_auto_switches_to_eager_for_attention_maps_and_back_to_sdpa(batch):

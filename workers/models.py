@@ -51,12 +51,73 @@ def build_model(spec: str, tokenizer, max_positions: int, seed: int, dtype: torc
 
 
 def _layer_stack(model: PreTrainedModel) -> torch.nn.ModuleList:
-    base = model.base_model
-    for attr in ("layers", "h", "blocks"):
-        stack = getattr(base, attr, None)
-        if isinstance(stack, torch.nn.ModuleList):
-            return stack
-    raise ModelSetupError(f"cannot find the decoder layers of {type(model).__name__} to derive a student")
+    """The decoder layer stack, found from transformers' own structures rather than attribute names
+    (OPT keeps it at `model.decoder.layers`, GPT-2 at `transformer.h`): the ModuleList of
+    `num_hidden_layers` entries whose class the model names in `_no_split_modules` (every family
+    lists its decoder layer there), else of one class deriving from transformers'
+    `GradientCheckpointingLayer` (its decoder layers' base class)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    n = num_layers(model)
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    candidates = [
+        module
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList)
+        and len(module) == n
+        and len({type(layer) for layer in module}) == 1
+    ]
+    for test in (
+        lambda stack: type(stack[0]).__name__ in layer_classes,
+        lambda stack: isinstance(stack[0], GradientCheckpointingLayer),
+    ):
+        found = [stack for stack in candidates if test(stack)]
+        if len(found) == 1:
+            return found[0]
+    raise ModelSetupError(
+        f"student: derived cannot find the decoder layer stack of a {model.config.model_type} model "
+        f"({type(model).__name__}); give a student model instead"
+    )
+
+
+def teacher_layer_for(j: int, n_student: int, n_teacher: int) -> int:
+    """The teacher layer (1-based) student layer `j` (1-based) starts from: the uniform layer map's
+    target, spaced through the depth (j * L_t // L_s)."""
+    return j * n_teacher // n_student
+
+
+# Config lists with one entry per decoder layer (Gemma 2's and Qwen2/3's `layer_types`: sliding or
+# full attention; SmolLM3's `no_rope_layers`): each entry follows the teacher layer it describes.
+PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
+
+
+def derived_config(teacher_config, derive: dict[str, Any]):
+    """The student's config: the teacher's, with `derive`'s depth and widths, per-layer lists taken
+    from the teacher layers the student's layers copy. ModelSetupError names the derive key at fault."""
+    s_cfg = copy.deepcopy(teacher_config)
+    text = s_cfg.get_text_config()
+    n_student, n_teacher = int(derive["num_layers"]), int(text.num_hidden_layers)
+    if n_student > n_teacher:
+        raise ModelSetupError(f"derive.num_layers={n_student} exceeds the teacher's {n_teacher} layers")
+    # The standard names reach each family's own (GPT-2's n_layer, n_embd, n_head) through
+    # transformers' `attribute_map`; the MLP width has no standard alias (see `_mlp_width_key`).
+    for key in PER_LAYER_KEYS:
+        entries = getattr(text, key, None)
+        if isinstance(entries, (list, tuple)) and len(entries) == n_teacher:
+            picked = [
+                entries[teacher_layer_for(j, n_student, n_teacher) - 1] for j in range(1, n_student + 1)
+            ]
+            setattr(text, key, type(entries)(picked))
+    text.num_hidden_layers = n_student
+    if derive.get("hidden_size") is not None:
+        text.hidden_size = int(derive["hidden_size"])
+    if derive.get("intermediate_size") is not None:
+        setattr(text, _mlp_width_key(text), int(derive["intermediate_size"]))
+    if derive.get("num_attention_heads") is not None:
+        text.num_attention_heads = int(derive["num_attention_heads"])
+        if hasattr(text, "num_key_value_heads"):
+            text.num_key_value_heads = text.num_attention_heads
+    return s_cfg
 
 
 def num_layers(model: PreTrainedModel) -> int:
@@ -74,24 +135,8 @@ def derive_student(teacher: PreTrainedModel, derive: dict[str, Any], seed: int) 
     layer j (1-based), teacher layer ceil-spaced `j * L_t // L_s` (the uniform layer map's target), so
     feature matching starts from aligned representations. A narrower student starts fresh.
     """
-    s_cfg = copy.deepcopy(teacher.config)
+    s_cfg = derived_config(teacher.config, derive)
     n_student, n_teacher = int(derive["num_layers"]), num_layers(teacher)
-    if n_student > n_teacher:
-        raise ModelSetupError(f"derive.num_layers={n_student} exceeds the teacher's {n_teacher} layers")
-    # The standard names reach each family's own (GPT-2's n_layer, n_embd, n_head) through
-    # transformers' `attribute_map`; the MLP width has no standard alias (see `_mlp_width_key`).
-    text = s_cfg.get_text_config()
-    text.num_hidden_layers = n_student
-    if derive.get("hidden_size") is not None:
-        text.hidden_size = int(derive["hidden_size"])
-    if derive.get("intermediate_size") is not None:
-        setattr(text, _mlp_width_key(text), int(derive["intermediate_size"]))
-    if derive.get("num_attention_heads") is not None:
-        text.num_attention_heads = int(derive["num_attention_heads"])
-        if hasattr(text, "num_key_value_heads"):
-            text.num_key_value_heads = text.num_attention_heads
-    if getattr(text, "layer_types", None):
-        text.layer_types = list(text.layer_types)[:n_student]
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -109,7 +154,7 @@ def derive_student(teacher: PreTrainedModel, derive: dict[str, Any], seed: int) 
         shared = {k: v for k, v in teacher_state.items() if k in own and not k.startswith(layer_prefix)}
         student.load_state_dict(shared, strict=False)
         for j in range(1, n_student + 1):
-            source = j * n_teacher // n_student  # 1-based teacher layer
+            source = teacher_layer_for(j, n_student, n_teacher)
             student_layers[j - 1].load_state_dict(teacher_layers[source - 1].state_dict())
     return student
 

@@ -11,20 +11,33 @@ from typing import NamedTuple
 
 import torch
 
+from workers.attention import (
+    ATTN_IMPLEMENTATIONS,
+    EAGER,
+    AttentionChoiceError,
+    kernel_for,
+    unsupported_message,
+)
 from workers.distill_loss import DistillationLoss, LossBreakdown, OutputRequest
 from workers.losses import ce_loss
 
 
 def base_attention(setting: str) -> str:
-    """The kernel a model runs when no attention maps are needed, from `train.attn_implementation`:
-    "auto" -> sdpa (memory-efficient at any length); "eager" -> eager (at short sequences on CPU it
-    is as fast in fp32 and faster in bf16, where sdpa's backward kernel is slow: BENCHMARKS.md)."""
-    return "eager" if setting == "eager" else "sdpa"
+    """The `train.attn_implementation` setting both models resolve, each for its own class, when no
+    attention maps are needed (`workers.attention.kernel_for`): "auto" -> flash-attention 2 or sdpa
+    where the model supports them, else eager; an explicit kernel must be supported. Eager is as fast
+    in fp32 at short sequences on CPU and faster in bf16, where sdpa's backward is slow: BENCHMARKS.md."""
+    if setting not in ATTN_IMPLEMENTATIONS:
+        raise AttentionChoiceError(
+            f"train.attn_implementation={setting!r}: must be one of {list(ATTN_IMPLEMENTATIONS)}"
+        )
+    return setting
 
 
 def ensure_attention_implementation(model: torch.nn.Module, needs_attention_maps: bool, base: str) -> None:
-    """`sdpa` silently returns no attention maps: `eager` while the attention loss is on, else `base`."""
-    wanted = "eager" if needs_attention_maps else base
+    """`sdpa` and flash-attention return no attention maps: `eager` while the attention loss is on,
+    else `base` resolved for this model's class (`workers.attention.kernel_for`)."""
+    wanted = EAGER if needs_attention_maps else kernel_for(model, base)
     if getattr(model.config, "_attn_implementation", None) != wanted:
         model.set_attn_implementation(wanted)
 
@@ -43,7 +56,7 @@ def compile_for_training(model: torch.nn.Module) -> None:
 
 
 def model_outputs(
-    model: torch.nn.Module, input_ids, attention_mask, request: OutputRequest, base: str = "sdpa"
+    model: torch.nn.Module, input_ids, attention_mask, request: OutputRequest, base: str = "auto"
 ):
     ensure_attention_implementation(model, request.attentions, base)
     return model(
@@ -83,6 +96,9 @@ class StudentWithLoss(torch.nn.Module):
         self.loss = loss
         # Both models' kernel while no attention maps are needed (the teacher's too: workers.step).
         self.base_attention = base_attention(attn_implementation)
+        problem = unsupported_message(self.base_attention, type(student))
+        if problem is not None:  # the driver refuses this first (orchestrator/train/preflight.py)
+            raise AttentionChoiceError(problem)
 
     def forward(
         self,
