@@ -6,6 +6,19 @@ import shutil
 from pathlib import Path
 
 from workers.dist import barrier
+from workers.hf_compat import write_transformers4_compat
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def use_tokenizer_special_ids(model, tokenizer) -> None:
+    """The model's config and generation config carry the tokenizer's bos/eos/pad ids, so `generate`
+    stops where the tokenizer ends a text and pads with the tokenizer's pad."""
+    for name in SPECIAL_IDS:
+        value = getattr(tokenizer, name)
+        setattr(model.config, name, value)
+        if model.generation_config is not None:
+            setattr(model.generation_config, name, value)
 
 
 def export_student(engine, tokenizer, out_dir: str | Path, rank: int, zero_stage: int) -> None:
@@ -19,8 +32,10 @@ def export_student(engine, tokenizer, out_dir: str | Path, rank: int, zero_stage
         state = {k: v.detach().to("cpu").clone() for k, v in student.state_dict().items()}
         # Attention maps were only needed for training; plain users get the fast default.
         student.config._attn_implementation = "sdpa"
+        use_tokenizer_special_ids(student, tokenizer)
         student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_transformers4_compat(tmp)  # many serving stacks still pin transformers 4.x
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
 
