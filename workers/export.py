@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from workers.dist import barrier
+from workers.attention import choose_attention
 from workers.hf_compat import write_transformers4_compat
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -30,8 +31,9 @@ def export_student(engine, tokenizer, out_dir: str | Path, rank: int, zero_stage
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         state = {k: v.detach().to("cpu").clone() for k, v in student.state_dict().items()}
-        # Attention maps were only needed for training; plain users get the fast default.
-        student.config._attn_implementation = "sdpa"
+        # Attention maps were only needed for training; plain users get the class's fast default
+        # (sdpa where it has one, eager for e.g. Gemma 2).
+        student.config._attn_implementation = choose_attention("auto", type(student), False, False)
         use_tokenizer_special_ids(student, tokenizer)
         student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
