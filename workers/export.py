@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from workers.dist import barrier
 from workers.attention import choose_attention
+from workers.dist import barrier
 from workers.hf_compat import write_transformers4_compat
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
