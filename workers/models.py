@@ -103,11 +103,20 @@ def derived_config(teacher_config, derive: dict[str, Any]):
     # transformers' `attribute_map`; the MLP width has no standard alias (see `_mlp_width_key`).
     for key in PER_LAYER_KEYS:
         entries = getattr(text, key, None)
-        if isinstance(entries, (list, tuple)) and len(entries) == n_teacher:
+        # A read-only property (Mamba's `layer_types`) is computed from other settings: nothing to copy.
+        settable = not isinstance(getattr(type(text), key, None), property)
+        if settable and isinstance(entries, (list, tuple)) and len(entries) == n_teacher:
             picked = [
                 entries[teacher_layer_for(j, n_student, n_teacher) - 1] for j in range(1, n_student + 1)
             ]
             setattr(text, key, type(entries)(picked))
+    # Qwen2/3's `max_window_layers`: layers below it use full attention. The copied teacher layers
+    # keep their order, so the student's full-attention layers are still a prefix: count them.
+    window_from = getattr(text, "max_window_layers", None)
+    if isinstance(window_from, int):
+        text.max_window_layers = sum(
+            teacher_layer_for(j, n_student, n_teacher) <= window_from for j in range(1, n_student + 1)
+        )
     text.num_hidden_layers = n_student
     if derive.get("hidden_size") is not None:
         text.hidden_size = int(derive["hidden_size"])
@@ -118,6 +127,24 @@ def derived_config(teacher_config, derive: dict[str, Any]):
         if hasattr(text, "num_key_value_heads"):
             text.num_key_value_heads = text.num_attention_heads
     return s_cfg
+
+
+def check_derivable(teacher_config, derive: dict[str, Any]) -> None:
+    """Whether `derive_student` can build a student from a teacher of `teacher_config`, checked without
+    weights: both models are instantiated on the meta device and their layer stacks looked up.
+    ModelSetupError names the derive key or the model type at fault."""
+    try:
+        s_cfg = derived_config(teacher_config, derive)
+        with torch.device("meta"):
+            for cfg in (teacher_config, s_cfg):
+                _layer_stack(AutoModelForCausalLM.from_config(cfg))
+    except ModelSetupError:
+        raise
+    except Exception as exc:  # transformers' own refusal of the shrunk config, in its words
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelSetupError(
+            f"cannot build a {teacher_config.model_type} student of {derive['num_layers']} layers: {reason}"
+        ) from None
 
 
 def num_layers(model: PreTrainedModel) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from orchestrator.config import Config
 from orchestrator.errors import UserError
 from orchestrator.train.data_models import check_data_fits_models
+from orchestrator.train.model_checks import check_attention_kernel, check_derivable
 from orchestrator.train.model_configs import (
     PRESET_MAX_POSITIONS,
     check_vocabularies,
@@ -104,6 +105,8 @@ def preflight(config: Config) -> None:
     """Every cheap input check, in the order a user would fix them. Raises `UserError`."""
     check_model_specs(config)
     check_vocabularies(config)
+    check_derivable(config)
+    check_attention_kernel(config)
     check_seq_len_fits(config)
     check_data_source(config)
     check_data_fits_models(config)
