@@ -1,8 +1,8 @@
 """The exported student loads, tokenises identically and generates with transformers 5 (the project's)
-and transformers 4.x (a cached side install, tests/transformers4_env.py): Llama with a non-default RoPE
-base and Qwen2 (GQA, `<|im_end|>` eos, chat template), each exported through `export_student` from a
-single-process DeepSpeed engine. The special ids in config.json, generation_config.json and the
-tokenizer are the tokenizer's, and `generate` stops at eos."""
+and transformers 4.x (a cached side install, tests/transformers4_env.py), for every family of
+tests/families.py (Llama with a non-default RoPE base, which 4.x would silently drop), each exported
+through `export_student` from a single-process DeepSpeed engine. The special ids in config.json,
+generation_config.json and the tokenizer are the tokenizer's, and `generate` stops at eos."""
 
 from __future__ import annotations
 
@@ -12,96 +12,56 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from families import build_config, build_tokenizer
 from test_engine import engine_config
 from tiny_llama import ce_module
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 from transformers4_env import RegistryUnreachable, run_with_transformers4
 from transformers4_load import probe
 
 from workers.engine import build_engine
 from workers.export import export_student
 from workers.hf_compat import config_for_transformers4
+from workers.tokenizer_identity import with_pad_fallback
 
 HERE = Path(__file__).parent
-FAMILIES = ["llama", "qwen2"]
+FAMILIES = ["gpt2", "gpt_neox", "opt", "llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2"]
 ROPE_THETA = 500000.0  # Llama 3's base: 4.x silently used 10000 when only `rope_parameters` carried it
-MODEL_VOCAB = 320  # embeddings padded past the tokenizer's ids, as real checkpoints are
+VOCAB_PAD = 16  # embeddings padded past the tokenizer's ids, as real checkpoints are
 MAX_NEW_TOKENS = 6
-CORPUS = ["def add(a, b):\n    return a + b\n", "hello world, this is a test of the tokenizer\n"] * 20
 SPECIAL = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-# Per family: the tokenizer's special tokens as the family has them, the text tokenised in both
-# versions, and the model config (whose special ids deliberately differ from the tokenizer's).
-SPECS = {
-    "llama": {
-        "special_tokens": ["<|begin_of_text|>", "<|end_of_text|>"],
-        "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
-        "text": "def add(a, b): return a + b",
-        "config": lambda **sizes: transformers.LlamaConfig(
-            rope_theta=ROPE_THETA, num_attention_heads=2, **sizes
-        ),
-    },
-    "qwen2": {
-        "special_tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        "tokens": {
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|endoftext|>",
-            "additional_special_tokens": ["<|im_start|>"],
-        },
-        "chat_template": (
-            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        ),
-        "text": "<|im_start|>user\nhello world<|im_end|>\n",
-        "config": lambda **sizes: transformers.Qwen2Config(
-            num_attention_heads=4, num_key_value_heads=2, **sizes
-        ),
-    },
-}
+TEXT = "def add(a, b):\n    return a + b\n"
+CHAT = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "hi"}]
 
 
-def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on a few lines, with the family's special tokens (Llama adds its bos)."""
-    spec = SPECS[family]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=spec["special_tokens"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
+def tiny_tokenizer(family: str):
+    """The family's tokenizer as a run uses it (pad = eos where the family has no pad)."""
+    return with_pad_fallback(build_tokenizer(family))
+
+
+def sample_text(tokenizer) -> str:
+    """A chat rendered with the family's template where it has one (its special tokens included)."""
+    if tokenizer.chat_template is None:
+        return TEXT
+    return tokenizer.apply_chat_template(CHAT, tokenize=False)
+
+
+def tiny_student(family: str, tokenizer, prompt_ids: list[int]) -> transformers.PreTrainedModel:
+    """A tiny random model of `family` whose greedy first token after `prompt_ids` is eos (its untied
+    lm_head rows for eos and the token it would have picked are swapped), so `generate` must stop
+    after one token. The config's special ids are deliberately not the tokenizer's: export sets them."""
+    config = build_config(family, tokenizer, layers=2, vocab_pad=VOCAB_PAD)
+    wrong_id = len(tokenizer) + 1  # a padding row: no tokenizer's special id
+    config.tie_word_embeddings = False
+    for name in SPECIAL:
+        setattr(config, name, wrong_id)
     if family == "llama":
-        bos = spec["tokens"]["bos_token"]
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
-        )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **spec["tokens"])
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # what the project does for a tokenizer without pad
-    tokenizer.chat_template = spec.get("chat_template")
-    return tokenizer
-
-
-def tiny_student(family: str, prompt_ids: list[int], eos_id: int) -> transformers.PreTrainedModel:
-    """A tiny random model whose greedy first token after `prompt_ids` is eos (its lm_head rows for
-    eos and the token it would have picked are swapped), so `generate` must stop after one token."""
+        config.rope_parameters = {"rope_type": "default", "rope_theta": ROPE_THETA}
     torch.manual_seed(0)
-    config = SPECS[family]["config"](
-        vocab_size=MODEL_VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    eos_id = tokenizer.eos_token_id
     with torch.no_grad():
         first = int(model(torch.tensor([prompt_ids])).logits[0, -1].argmax())
-        rows = model.lm_head.weight
+        rows = model.get_output_embeddings().weight
         rows[[first, eos_id]] = rows[[eos_id, first]]
     return model
 
@@ -109,9 +69,9 @@ def tiny_student(family: str, prompt_ids: list[int], eos_id: int) -> transformer
 def export_family(family: str, out_dir: Path) -> dict:
     """Export the family's student through a ZeRO-0 engine; returns the request the probes read."""
     tokenizer = tiny_tokenizer(family)
-    text = SPECS[family]["text"]
+    text = sample_text(tokenizer)
     prompt_ids = tokenizer(text)["input_ids"]
-    model = tiny_student(family, prompt_ids, tokenizer.eos_token_id)
+    model = tiny_student(family, tokenizer, prompt_ids)
     engine = build_engine(ce_module(model), engine_config(0), 1)
     export_student(engine, tokenizer, out_dir, rank=0, zero_stage=0)
     return {"dir": str(out_dir), "text": text, "prompt_ids": prompt_ids, "max_new_tokens": MAX_NEW_TOKENS}
@@ -156,6 +116,7 @@ def test_the_export_carries_the_tokenizers_special_ids_and_generate_stops_at_eos
     assert seen["version"].startswith("5.")
     assert seen["special"] == seen["config_special"] == seen["generation_special"] == expected
     assert seen["ids"] == exported[family]["prompt_ids"] == tokenizer(exported[family]["text"])["input_ids"]
+    assert seen["chat_template"] == tokenizer.chat_template
     assert seen["generated"] == [tokenizer.eos_token_id]  # one token, then stopped: not MAX_NEW_TOKENS
 
 
