@@ -23,7 +23,7 @@ from orchestrator.train.model_configs import vocab_size_of
 
 
 def _described(spec: str, tokenizer: Any | None) -> str:
-    """ "'spec' (PreTrainedTokenizerFast of 320 tokens, vocab_size 512)", or "(no tokenizer files, ...)"."""
+    """A model in a message: its spec, tokenizer class and length (or none), config.json vocab_size."""
     size = vocab_size_of(spec)
     if tokenizer is None:
         return f"{spec!r} (no tokenizer files, vocab_size {size})"
