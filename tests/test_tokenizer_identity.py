@@ -319,8 +319,25 @@ def test_ids_past_an_embedding_are_refused(base_data, tmp_path):
     # The student too (a preset teacher takes the data's vocabulary).
     with pytest.raises(ConfigError, match=r"^student="):
         check_data_fits_models(config_for(base_data, teacher="preset:tiny-llama", student=small))
-    fits = save_model(tmp_path / "fits", vocab=max_id + 1, bos_token_id=None, eos_token_id=0)
-    check_data_fits_models(config_for(base_data, teacher=fits))
+    # The workers read logits over every id of the run's tokenizer (the data's), used by the data or
+    # not: data that stops short of the tokenizer's last ids (its manifest says so) needs them too.
+    import shutil
+
+    tokens = len(qwen_base())
+    fewer = Path(shutil.copytree(base_data, tmp_path / "fewer-ids"))
+    manifest = json.loads((fewer / "manifest.json").read_text())
+    (fewer / "manifest.json").write_text(json.dumps({**manifest, "max_token_id": tokens - 11}))
+    short = save_model(tmp_path / "short", vocab=tokens - 10, bos_token_id=None, eos_token_id=0)
+    with pytest.raises(ConfigError) as error:
+        check_data_fits_models(config_for(fewer, teacher=short))
+    assert str(error.value) == (
+        f"teacher='{short}': its embedding has {tokens - 10} rows (config.json vocab_size) but the data's "
+        f"tokenizer (data.source='{fewer}') has {tokens} tokens; every token id needs a row"
+    )
+    # Rows past the tokenizer are padding: fine.
+    for vocab in (tokens, tokens + 64):
+        fits = save_model(tmp_path / f"fits{vocab}", vocab=vocab, bos_token_id=None, eos_token_id=0)
+        check_data_fits_models(config_for(base_data, teacher=fits))
 
 
 def test_max_id_is_read_from_the_shards_when_the_manifest_lacks_it(base_data, tmp_path):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from workers.curriculum import COMPONENTS, CurriculumSchedule
 from workers.loss_config import CurriculumConfig, LossConfig
-from workers.losses import attention_loss, ce_loss, ce_targets, feature_loss, kd_loss
+from workers.losses import attention_loss, ce_loss, ce_targets, feature_loss, kd_loss, shared_columns
 
 # The components that read the teacher's outputs (ce alone needs no teacher forward).
 _TEACHER_COMPONENTS = ("kd", "feature", "attention")
@@ -118,6 +118,11 @@ class DistillationLoss(nn.Module):
         student_hidden_size, teacher_hidden_size: widths H_s, H_t; each projector is Linear(H_s, H_t).
         student_num_layers, teacher_num_layers: decoder layer counts S, T (hidden_states has S+1 / T+1 entries).
         ignore_index: label value excluded from ce.
+        vocab_size: the run tokenizer's length V. Teacher and student of one family share a tokenizer
+            but may pad their embeddings past it to different widths (Qwen2.5-7B 152064 rows, 0.5B
+            151936, the tokenizer 151665): every logit-reading part uses columns [:V] of both sides
+            only, so padded columns take no part in any softmax, value or gradient. None = the
+            logits as they are (both sides must then have the same width).
     """
 
     def __init__(
@@ -130,8 +135,10 @@ class DistillationLoss(nn.Module):
         student_num_layers: int,
         teacher_num_layers: int,
         ignore_index: int = -100,
+        vocab_size: int | None = None,
     ) -> None:
         super().__init__()
+        self.vocab_size = None if vocab_size is None else _positive_int("vocab_size", vocab_size)
         student_hidden_size = _positive_int("student_hidden_size", student_hidden_size)
         teacher_hidden_size = _positive_int("teacher_hidden_size", teacher_hidden_size)
         student_num_layers = _positive_int("student_num_layers", student_num_layers)
@@ -163,6 +170,16 @@ class DistillationLoss(nn.Module):
 
     def weights(self, progress: float) -> dict[str, float]:
         return self.schedule.weights(progress)
+
+    def shared_logits(self, logits: Tensor, who: str = "student") -> Tensor:
+        """(B, T, V_model) -> (B, T, vocab_size): the shared tokenizer's columns, a view. Logits
+        already vocab_size wide (or vocab_size None) come back as they are: slicing them anyway would
+        add a backward node that copies the full logits gradient."""
+        return shared_columns(logits, self.vocab_size, who)
+
+    def ce(self, student_logits: Tensor, labels: Tensor) -> Tensor:
+        """Token CE over the shared columns of the (B, T, V_s) logits: the ce part, and eval's plain CE."""
+        return ce_loss(self.shared_logits(student_logits), labels, ignore_index=self.ignore_index)
 
     def needs_teacher(self, progress: float) -> bool:
         """Whether any component at `progress` reads the teacher's outputs (else skip its forward)."""
@@ -203,12 +220,15 @@ class DistillationLoss(nn.Module):
         mask = None if attention_mask is None else attention_mask.bool()
 
         raw: dict[str, Tensor] = {}
+        if "ce" in computed or "kd" in computed:
+            # Sliced once, so ce and kd share one backward node on the student's logits.
+            student_logits = self.shared_logits(student_out.logits)
         if "ce" in computed:
-            raw["ce"] = ce_loss(student_out.logits, labels, ignore_index=self.ignore_index)
+            raw["ce"] = ce_loss(student_logits, labels, ignore_index=self.ignore_index)
         if "kd" in computed:
             raw["kd"] = kd_loss(
-                student_out.logits,
-                teacher_out.logits,
+                student_logits,
+                self.shared_logits(teacher_out.logits, "teacher"),
                 self.kd_temperature,
                 mask=mask,
                 kind=self.kd_kind,

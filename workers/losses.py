@@ -91,6 +91,21 @@ def _check_token_pair(
     _same_leading_shape(f"student {what}", student, f"teacher {what}", teacher, 2)
 
 
+def shared_columns(logits: Tensor, vocab_size: int | None, who: str = "student") -> Tensor:
+    """(B, T, V_model) -> (B, T, vocab_size): the columns of a shared tokenizer's ids, a view (no copy).
+
+    Past them a model's embedding may be padded (to a multiple of 64 or 128, to a different width
+    in teacher and student); those columns are no token, so no loss may see them. Returns `logits`
+    itself when it is already vocab_size wide or vocab_size is None. `who` names the side in errors.
+    """
+    width = logits.shape[-1]
+    if vocab_size is None or width == vocab_size:
+        return logits
+    if width < vocab_size:
+        raise ValueError(f"{who} logits have {width} columns, fewer than the tokenizer's {vocab_size} tokens")
+    return logits[..., :vocab_size]
+
+
 def ce_targets(labels: Tensor, ignore_index: int = -100) -> Tensor:
     """(B, T) labels -> (B, T-1) bool: the next-token targets `ce_loss` averages over."""
     return labels[:, 1:] != ignore_index
@@ -288,7 +303,8 @@ def kd_loss(
 
     Args:
         student_logits: (B, T, V).
-        teacher_logits: (B, T, V), same vocabulary as the student.
+        teacher_logits: (B, T, V), same vocabulary as the student. Either may be a column slice of
+            wider, padded logits (`shared_columns`): rows are read as strided views, never copied whole.
         temperature: T > 0. The T^2 factor keeps gradient magnitudes comparable across T (Hinton et al.).
         mask: (B, T), truthy = token counts (the attention mask); None = all tokens.
         kind: "forward_kl" KL(t || s), "reverse_kl" KL(s || t), or "jsd" (generalised JSD with `beta`,

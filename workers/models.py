@@ -16,7 +16,7 @@ NO_TEACHER = "none"
 
 
 class ModelSetupError(ValueError):
-    """A model cannot be built or the pair is incompatible (e.g. vocabularies differ)."""
+    """A model cannot be built or the pair is incompatible (e.g. an embedding smaller than the tokenizer)."""
 
 
 def load_tokenizer(path_or_id: str):
@@ -210,18 +210,26 @@ def _layer_prefix(model: PreTrainedModel) -> str:
     raise ModelSetupError("decoder layers not found")  # pragma: no cover
 
 
-def check_vocabularies(teacher: PreTrainedModel, student: PreTrainedModel, tokenizer) -> None:
-    t_vocab = teacher.get_output_embeddings().weight.shape[0]
-    s_vocab = student.get_output_embeddings().weight.shape[0]
-    if t_vocab != s_vocab:
-        raise ModelSetupError(
-            f"teacher and student vocabularies differ: teacher has {t_vocab} tokens, student has {s_vocab}; "
-            "KD on logits needs a shared vocabulary"
-        )
-    if len(tokenizer) > s_vocab:
-        raise ModelSetupError(
-            f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary is {s_vocab}"
-        )
+def check_vocabularies(
+    config: dict[str, Any], teacher: PreTrainedModel | None, student: PreTrainedModel, tokenizer
+) -> int:
+    """The width the loss reads logits at: len(tokenizer), the shared tokenizer's ids.
+
+    Each output embedding may be padded past the tokenizer (teacher and student to different widths:
+    the loss drops their padded columns), but needs a row for every token: else ModelSetupError naming
+    the model by its config key and value. Whether both models use this tokenizer is the driver's
+    check (orchestrator/train/model_configs.py), made on their tokenizer files before Ray starts."""
+    tokens = len(tokenizer)
+    for key, model in (("teacher", teacher), ("student", student)):
+        if model is None:
+            continue
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < tokens:
+            raise ModelSetupError(
+                f"{key} {config[key]!r}: its output embedding has {rows} rows but the run's tokenizer has "
+                f"{tokens} tokens; every token id needs a row"
+            )
+    return tokens
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -233,9 +241,11 @@ def teacher_dtype(teacher_precision: str) -> torch.dtype:
     return torch.bfloat16 if teacher_precision == "bf16" else torch.float32
 
 
-def distillation_loss_for(config: dict[str, Any], student, teacher):
+def distillation_loss_for(config: dict[str, Any], student, teacher, vocab_size: int | None = None):
     """The run's curriculum loss, with its feature projectors sized from student to teacher width.
-    Without a teacher only CE is on (validated on the driver), so the loss is sized on the student."""
+    Without a teacher only CE is on (validated on the driver), so the loss is sized on the student.
+    vocab_size: the shared tokenizer's length (`check_vocabularies`), the logit columns the loss reads;
+    None reads the logits whole (models built at exactly the tokenizer's width, as benches do)."""
     from workers.distill_loss import DistillationLoss
     from workers.loss_config import CurriculumConfig, LossConfig
 
@@ -247,4 +257,5 @@ def distillation_loss_for(config: dict[str, Any], student, teacher):
         teacher_hidden_size=hidden_size(reference),
         student_num_layers=num_layers(student),
         teacher_num_layers=num_layers(reference),
+        vocab_size=vocab_size,
     )

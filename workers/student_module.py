@@ -19,7 +19,6 @@ from workers.attention import (
     unsupported_message,
 )
 from workers.distill_loss import DistillationLoss, LossBreakdown, OutputRequest
-from workers.losses import ce_loss
 
 
 def base_attention(setting: str) -> str:
@@ -123,6 +122,8 @@ class StudentWithLoss(torch.nn.Module):
         # walk to register backward hooks; the projectors inside are still called as modules (hooked).
         breakdown = self.loss.forward(student_out, teacher_out, labels, attention_mask, progress)
         if mode is LossMode.EVAL:
-            plain_ce = breakdown.raw["ce"] if "ce" in breakdown.raw else ce_loss(student_out.logits, labels)
+            plain_ce = (
+                breakdown.raw["ce"] if "ce" in breakdown.raw else self.loss.ce(student_out.logits, labels)
+            )
             return StudentLoss(breakdown, plain_ce)
         return StudentLoss(breakdown)

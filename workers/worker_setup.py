@@ -63,9 +63,8 @@ def build_models(config: dict[str, Any], runtime: WorkerRuntime):
         student = derive_student(teacher, config["derive"], train["seed"] + 1)
     else:
         student = build_model(config["student"], tokenizer, max_positions, train["seed"] + 1, torch.float32)
-    if teacher is not None:
-        check_vocabularies(teacher, student, tokenizer)
-    return tokenizer, teacher, student, distillation_loss_for(config, student, teacher)
+    vocab_size = check_vocabularies(config, teacher, student, tokenizer)
+    return tokenizer, teacher, student, distillation_loss_for(config, student, teacher, vocab_size)
 
 
 @dataclass

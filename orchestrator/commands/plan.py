@@ -192,7 +192,8 @@ def _print_inputs(teacher: mm.ModelShape | None, student: mm.ModelShape, work: m
         if teacher.vocab_size != student.vocab_size:
             print(
                 f"warning: the vocabularies differ (teacher {teacher.vocab_size}, student "
-                f"{student.vocab_size}); logit distillation needs one shared vocabulary"
+                f"{student.vocab_size}): fine when both pad one tokenizer, but logit distillation needs "
+                "a shared tokenizer (`raydistill train` checks)"
             )
     print(
         f"{gpus} x {args.gpu_mem:g} GiB GPUs ({_cluster(gpus, args.gpus_per_node)}), seq_len {work.seq_len}, "

@@ -39,7 +39,14 @@ def expected_shapes(loop_config: dict[str, Any]) -> dict[str, list[int]]:
     """Parameter name -> shape of the module the workers hand to DeepSpeed (student + projectors)."""
     import torch
 
-    from workers.models import DERIVED, NO_TEACHER, derive_student, distillation_loss_for, load_tokenizer
+    from workers.models import (
+        DERIVED,
+        NO_TEACHER,
+        check_vocabularies,
+        derive_student,
+        distillation_loss_for,
+        load_tokenizer,
+    )
     from workers.student_module import StudentWithLoss
 
     config, runtime = loop_config["config"], loop_config["runtime"]
@@ -53,7 +60,10 @@ def expected_shapes(loop_config: dict[str, Any]) -> dict[str, list[int]]:
             student = derive_student(teacher, config["derive"], int(config["train"]["seed"]) + 1)
         else:
             student = _meta_model(config["student"], tokenizer, max_positions)
-        loss = distillation_loss_for(config, student, teacher)
+        # As workers/worker_setup.py builds it (the vocab width shapes no parameter, but keep them one).
+        loss = distillation_loss_for(
+            config, student, teacher, check_vocabularies(config, teacher, student, tokenizer)
+        )
         module = StudentWithLoss(student, loss, config["train"]["attn_implementation"])
     return parameter_shapes(module)
 

@@ -90,7 +90,8 @@ class _DataTokenizer:
     from_anchor: bool = False  # the anchor model's own tokenizer (nothing to compare)
 
 
-def _load(spec: str, key: str) -> Any:
+def load_tokenizer_for(spec: str, key: str) -> Any:
+    """The tokenizer at `spec` as loaded (no pad fallback); ConfigError prefixed with `key` if it cannot be."""
     from orchestrator.data.tokenizer_training import load_pretrained
     from orchestrator.errors import UserError
 
@@ -125,18 +126,18 @@ def _data_tokenizer(config: Config, anchor: tuple[str, str]) -> _DataTokenizer:
     data = config.data
     source = Path(data.source).expanduser()
     if (source / MANIFEST).is_file():
-        tokenizer = _load(str(source / "tokenizer"), "data.source")
+        tokenizer = load_tokenizer_for(str(source / "tokenizer"), "data.source")
         name = f"data.source={data.source!r}"
         if data.tokenizer is not None:
-            named = _load(data.tokenizer, "data.tokenizer")
+            named = load_tokenizer_for(data.tokenizer, "data.tokenizer")
             if tokenizer_identity(named) != tokenizer_identity(tokenizer):
                 raise ConfigError(
                     f"data.tokenizer={data.tokenizer!r}: data.source {str(source)!r} was tokenised by "
-                    f"another tokenizer ({_difference(named, tokenizer)}); prepare the data with it"
+                    f"another tokenizer ({tokenizer_difference(named, tokenizer)}); prepare the data with it"
                 )
         return _DataTokenizer(tokenizer, name, _prepared_max_id(source, read_manifest(source)))
     if data.tokenizer is not None:
-        tokenizer = _load(data.tokenizer, "data.tokenizer")
+        tokenizer = load_tokenizer_for(data.tokenizer, "data.tokenizer")
         name = f"data.tokenizer={data.tokenizer!r}"
     else:
         key, spec = anchor
@@ -145,12 +146,12 @@ def _data_tokenizer(config: Config, anchor: tuple[str, str]) -> _DataTokenizer:
                 f"{key}={spec!r} has no tokenizer files and data.tokenizer is not set: a BPE trained on the "
                 "corpus would give ids the model was not trained on; set data.tokenizer to its tokenizer"
             )
-        tokenizer = _load(spec, key)
+        tokenizer = load_tokenizer_for(spec, key)
         return _DataTokenizer(tokenizer, f"{key} {spec!r}'s tokenizer", len(tokenizer) - 1, from_anchor=True)
     return _DataTokenizer(tokenizer, name, len(tokenizer) - 1)
 
 
-def _difference(a: Any, b: Any) -> str:
+def tokenizer_difference(a: Any, b: Any) -> str:
     """What differs between two tokenizers, briefly: the special tokens by name, or the part."""
     from workers.tokenizer_identity import identity_fields
 
@@ -179,11 +180,11 @@ def _check_identity(data_tok: _DataTokenizer, anchor: tuple[str, str]) -> None:
     key, spec = anchor
     if data_tok.from_anchor or not has_tokenizer(spec):
         return  # nothing to compare with: the data the user named is the run's
-    own = _load(spec, key)
+    own = load_tokenizer_for(spec, key)
     if tokenizer_identity(own) != tokenizer_identity(data_tok.tokenizer):
         raise ConfigError(
             f"{key}={spec!r} is pretrained with another tokenizer than the data's ({data_tok.name}): "
-            f"{_difference(own, data_tok.tokenizer)}; tokenise the data with the {key}'s tokenizer"
+            f"{tokenizer_difference(own, data_tok.tokenizer)}; tokenise the data with the {key}'s tokenizer"
         )
 
 
@@ -199,12 +200,21 @@ def _pretrained_models(config: Config) -> list[tuple[str, str, Any]]:
 
 
 def _check_ids_fit(data_tok: _DataTokenizer, models: list[tuple[str, str, Any]]) -> None:
+    """Every pretrained model's embedding has a row for each id of the data and of the run's tokenizer
+    (the data's): the workers read logits over len(tokenizer) columns (workers/models.py
+    `check_vocabularies`). More rows are fine: padding, which the loss leaves out."""
+    tokens = len(data_tok.tokenizer)
     for key, spec, text in models:
         size = int(text.vocab_size)
         if data_tok.max_id >= size:
             raise ConfigError(
                 f"{key}={spec!r}: its embedding has {size} rows (config.json vocab_size) but the data "
                 f"({data_tok.name}) holds ids up to {data_tok.max_id}"
+            )
+        if tokens > size:
+            raise ConfigError(
+                f"{key}={spec!r}: its embedding has {size} rows (config.json vocab_size) but the data's "
+                f"tokenizer ({data_tok.name}) has {tokens} tokens; every token id needs a row"
             )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.config import Config
 from orchestrator.errors import UserError
 from workers.presets import preset_name
 
@@ -47,13 +46,3 @@ def max_positions_of(spec: str) -> int | None:
 def vocab_size_of(spec: str) -> int | None:
     text = text_config_of(spec)  # presets take the run tokenizer's vocabulary
     return None if text is None else int(text.vocab_size)
-
-
-def check_vocabularies(config: Config) -> None:
-    """Refuse a teacher/student pair whose vocabularies differ before any worker starts."""
-    teacher, student = vocab_size_of(config.teacher), vocab_size_of(config.student)
-    if teacher is not None and student is not None and teacher != student:
-        raise UserError(
-            f"teacher and student vocabularies differ: teacher {config.teacher!r} has {teacher} tokens, "
-            f"student {config.student!r} has {student}; KD on logits needs a shared vocabulary"
-        )

@@ -16,10 +16,10 @@ from orchestrator.train.data_models import check_data_fits_models
 from orchestrator.train.model_checks import check_attention_kernel, check_derivable
 from orchestrator.train.model_configs import (
     PRESET_MAX_POSITIONS,
-    check_vocabularies,
     looks_like_local_path,
     max_positions_of,
 )
+from orchestrator.train.shared_tokenizer import check_vocabularies
 from workers.presets import PRESETS, preset_name
 
 MODEL_KEYS = ("teacher", "student")
