@@ -8,6 +8,7 @@ compares the two models' tokenizers (orchestrator/train/shared_tokenizer.py).
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -238,19 +239,26 @@ def test_a_cross_tokenizer_pair_is_refused_in_one_line_naming_both(tmp_path, cap
     assert not (tmp_path / "run").exists()
 
 
-def test_one_vocabulary_with_another_chat_template_is_another_tokenizer(tmp_path):
-    """Full identity: base and Instruct tokenizers share every id but not eos or the chat template."""
+def test_a_base_student_of_an_instruct_teacher_trains_with_the_teachers_tokenizer(tmp_path, capsys):
+    """Qwen2.5 base and Instruct share every id but not eos or the chat template: the pair distils (ids
+    mean the same text), the run uses the teacher's tokenizer, and the student's other eos is said."""
     from transformers import AutoTokenizer
 
     teacher, student = family_pair(tmp_path, 64, 0)
-    config = load_config(TINY, [f"teacher={teacher}", f"student={student}"])
-    check_vocabularies(config)
-    tokenizer = AutoTokenizer.from_pretrained(student)
-    tokenizer.chat_template = None
-    tokenizer.save_pretrained(student)
+    base = AutoTokenizer.from_pretrained(student)
+    base.chat_template = None
+    base.eos_token = "<|endoftext|>"
+    base.save_pretrained(student)
     (student / "chat_template.jinja").unlink(missing_ok=True)
-    with pytest.raises(UserError, match=r"use different tokenizers \(chat template\): cross-tokenizer"):
-        check_vocabularies(config)
+    config = json.loads((student / "config.json").read_text())
+    (student / "config.json").write_text(json.dumps({**config, "eos_token_id": base.eos_token_id}))
+
+    preflight(load_config(TINY, [f"teacher={teacher}", f"student={student}", "data.seq_len=32"]))
+    note = capsys.readouterr().out
+    assert (
+        f"student='{student}': config.json eos_token_id={base.eos_token_id}, but the data's tokenizer" in note
+    )
+    assert "the student learns and is exported with the data's" in note
 
 
 def without_tokenizer(model_dir):

@@ -82,6 +82,14 @@ def identity_fields(tokenizer: Any) -> dict[str, Any]:
     }
 
 
+def vocabulary_identity(tokenizer: Any) -> str:
+    """sha256 hex of the backend alone (vocabulary, merges, normaliser, pre-tokeniser, post-processor,
+    added tokens): equal iff an id means the same text to both. Qwen2.5 base and Instruct share it
+    while differing in eos and chat template, so their logits can be distilled into each other."""
+    text = json.dumps(identity_fields(tokenizer)["backend"], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def tokenizer_identity(tokenizer: Any) -> str:
     """sha256 hex of `identity_fields(tokenizer)`: equal iff the two tokenizers give the same ids and text."""
     text = json.dumps(identity_fields(tokenizer), sort_keys=True, ensure_ascii=False)

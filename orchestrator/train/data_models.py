@@ -218,7 +218,11 @@ def _check_ids_fit(data_tok: _DataTokenizer, models: list[tuple[str, str, Any]])
             )
 
 
-def _check_special_ids(data_tok: _DataTokenizer, models: list[tuple[str, str, Any]]) -> None:
+def _check_special_ids(data_tok: _DataTokenizer, models: list[tuple[str, str, Any]], anchor_key: str) -> None:
+    """The anchor model's config.json special ids must be the data tokenizer's (its predictions are
+    the targets). The other model, a pretrained student, is trained and exported with the run's
+    tokenizer, so a disagreement (a base student of an Instruct teacher: another eos) is said in one
+    line, not refused."""
     tokenizer = data_tok.tokenizer
     for key, spec, text in models:
         for name in SPECIAL_IDS:
@@ -227,12 +231,16 @@ def _check_special_ids(data_tok: _DataTokenizer, models: list[tuple[str, str, An
             if configured is None or own is None:
                 continue  # Qwen's tokenizer has no bos; many configs no pad: nothing to disagree
             allowed = configured if isinstance(configured, list | tuple) else [configured]
-            if own not in allowed:
-                token = getattr(tokenizer, f"{name}_token", None)
-                raise ConfigError(
-                    f"{key}={spec!r}: config.json {name}_token_id={configured!r}, but the data's tokenizer "
-                    f"({data_tok.name}) has {name} {token!r} = {own}"
-                )
+            if own in allowed:
+                continue
+            token = getattr(tokenizer, f"{name}_token", None)
+            problem = (
+                f"{key}={spec!r}: config.json {name}_token_id={configured!r}, but the data's tokenizer "
+                f"({data_tok.name}) has {name} {token!r} = {own}"
+            )
+            if key == anchor_key:
+                raise ConfigError(problem)
+            print(f"raydistill: {problem}; the {key} learns and is exported with the data's", flush=True)
 
 
 def check_data_fits_models(config: Config) -> None:
@@ -245,4 +253,4 @@ def check_data_fits_models(config: Config) -> None:
     _check_identity(data_tok, anchor)
     models = _pretrained_models(config)
     _check_ids_fit(data_tok, models)
-    _check_special_ids(data_tok, models)
+    _check_special_ids(data_tok, models, anchor[0])

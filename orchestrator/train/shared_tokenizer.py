@@ -1,10 +1,10 @@
 """Teacher against student, on the driver before Ray starts: logit distillation needs one tokenizer.
 
-Inside a family the two share a tokenizer but pad their embeddings to different widths (Qwen2.5-7B
+Inside a family the two share a vocabulary but pad their embeddings to different widths (Qwen2.5-7B
 has 152064 rows, Qwen2.5-0.5B 151936, for a tokenizer of 151665 tokens): that trains, the loss
-reading only the tokenizer's columns (workers/distill_loss.py). Two tokenizers that differ in any
-part of their identity (workers/tokenizer_identity.py) give the same id different meanings: refused
-in one line naming both models. Reads config.json and tokenizer files only, never weights.
+reading only the tokenizer's columns (workers/distill_loss.py). Two tokenizers whose vocabularies
+differ (workers/tokenizer_identity.py `vocabulary_identity`) give the same id different meanings:
+refused in one line naming both models. Reads config.json and tokenizer files only, never weights.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def check_vocabularies(config: Config) -> None:
     """Refuse a pretrained teacher and student that do not share a tokenizer (`UserError`, one line).
 
     A preset takes the run tokenizer's vocabulary and a derived student the teacher's: nothing to
-    compare. When both model directories carry tokenizer files, their full identities are compared,
-    and different vocab sizes (padding) are fine. When one has none, the tokenizers cannot be
+    compare. When both model directories carry tokenizer files, their vocabularies are compared
+    (special-token roles and chat templates may differ), and different vocab sizes (padding) are fine. When one has none, the tokenizers cannot be
     compared: only equal vocab sizes pass, and the message says to save the missing tokenizer.
     """
     teacher, student = config.teacher, config.student
@@ -43,9 +43,11 @@ def check_vocabularies(config: Config) -> None:
         return
     if has_tokenizer(teacher) and has_tokenizer(student):
         t_tok, s_tok = load_tokenizer_for(teacher, "teacher"), load_tokenizer_for(student, "student")
-        from workers.tokenizer_identity import tokenizer_identity
+        from workers.tokenizer_identity import vocabulary_identity
 
-        if tokenizer_identity(t_tok) != tokenizer_identity(s_tok):
+        # Ids must mean the same text; eos or chat template may differ (Instruct teacher, base
+        # student): the run's tokenizer is the teacher's, and the special-id check names any conflict.
+        if vocabulary_identity(t_tok) != vocabulary_identity(s_tok):
             raise UserError(
                 f"teacher {_described(teacher, t_tok)} and student {_described(student, s_tok)} use "
                 f"different tokenizers ({tokenizer_difference(t_tok, s_tok)}): cross-tokenizer "
