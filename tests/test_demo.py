@@ -73,7 +73,7 @@ def test_demo_writes_summary_report_and_png(demo_run):
     verdict_lines = [
         line for line in report.splitlines() if line.startswith("- **PASS**") or line.startswith("- **FAIL**")
     ]
-    assert len(verdict_lines) == 4
+    assert len(verdict_lines) == 6
     assert "no non-finite steps" in report and "eval/train ratio" in report
 
     # The panels themselves are checked on made-up metrics in tests/test_report_plots.py; here, that the
@@ -122,8 +122,8 @@ def record(step, ratio=None, ppl=None, skipped=0, scaled=None):
 def test_health_verdict_passes_a_healthy_run():
     records = [record(10, 1.1, 50.0), record(20, 1.2, 30.0)]
     verdict = health_verdict(records)
-    assert [ok for _, ok, _ in verdict] == [True, True, True, True]
-    assert "1.2" in verdict[0][2] and "50" in verdict[3][2] and "30" in verdict[3][2]
+    assert [ok for _, ok, _ in verdict] == [True] * 6
+    assert "1.2" in verdict[0][2] and "50" in verdict[5][2] and "30" in verdict[5][2]
 
 
 def test_health_verdict_names_each_failure_with_its_figure():

@@ -29,7 +29,7 @@ from orchestrator.train.data_models import (
     run_tokenizer_spec,
 )
 from workers.data import to_batch
-from workers.losses import ce_loss
+from workers.losses import ce_loss, ce_targets
 from workers.models import load_tokenizer
 from workers.tokenizer_identity import identity_fields, pad_fallback_note, tokenizer_identity
 
@@ -186,6 +186,27 @@ def test_eos_inside_a_sequence_keeps_its_label_when_pad_is_eos():
     assert not torch.allclose(ce_loss(logits, batch["labels"]), dropped)
 
 
+def test_eos_of_a_tokenizer_without_pad_is_a_real_label_that_ce_trains_on(tmp_path):
+    """The workers' own path: `load_tokenizer` sets pad = eos; the packed row's labels (`to_batch`,
+    the only place labels are built) keep every eos id, `ce_targets` (what `token_counts`
+    normalises by) counts the eos targets, and CE's gradient reaches the logits predicting them."""
+    fast(eos_token=ENDOFTEXT).save_pretrained(tmp_path / "tok")
+    tokenizer = load_tokenizer(str(tmp_path / "tok"))
+    eos = tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == eos
+    ids = tokenizer("def f(): pass").input_ids + [eos] + tokenizer("x = 1").input_ids + [eos]
+    batch = to_batch(torch.tensor([ids]).numpy())  # (1, T): two documents packed, eos between
+    labels = batch["labels"][0]
+    at_eos = labels == eos
+    assert int(at_eos.sum()) == 2 and not bool((labels == -100).any())
+    assert int(ce_targets(batch["labels"]).sum()) == len(ids) - 1  # every next token, eos included
+    logits = torch.randn(1, len(ids), len(tokenizer), dtype=torch.float64, requires_grad=True)
+    ce_loss(logits, batch["labels"]).backward()
+    predicting_eos = at_eos[1:].nonzero().flatten()  # logits[:, t] predict labels[:, t + 1]
+    for t in predicting_eos.tolist():
+        assert logits.grad[0, t, eos] < 0  # CE pulls the eos logit up where eos comes next
+
+
 # ---------------------------------------------------------------------------------------------
 # The data cache and the run's tokenizer.
 
@@ -261,6 +282,10 @@ def test_prepare_run_uses_the_teachers_tokenizer_and_says_so(corpus, tmp_path, c
     assert "has no pad token: using eos '<|endoftext|>' (id 0) as pad" in out
     assert prepared.runtime.tokenizer == str(teacher)
     assert read_manifest(prepared.data_dir)["tokenizer_hash"] == tokenizer_identity(no_pad)
+    # The demo prepares the same run again for its report: the notes are not printed twice.
+    again = prepare_run(config, tmp_path / "run", announce=False)
+    out = capsys.readouterr().out
+    assert again.data_dir == prepared.data_dir and "raydistill:" not in out, out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from workers.records import ThroughputWindow, TrainRawAverager, add_eval, step_r
 from workers.runtime import WorkerRuntime
 from workers.step import train_step
 from workers.tune_decision import wait_for_decision
+from workers.worker_errors import worker_failed
 from workers.worker_setup import Worker, set_up
 
 if TYPE_CHECKING:
@@ -206,12 +207,24 @@ class TrainingLoop:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Train, or raise `WorkerFailed`: the error classified (user input or bug) with its traceback,
+    which the driver turns into one line and a log file (workers/worker_errors.py)."""
     import ray.train
 
     config, runtime = loop_config["config"], loop_config["runtime"]
     ray_console.quiet_train_worker(runtime.verbose)
     context = ray.train.get_context()
-    worker = set_up(config, runtime, context.get_world_rank(), context.get_world_size())
+    rank = context.get_world_rank()
+    try:
+        run_worker(config, runtime, rank, context.get_world_size())
+    except Exception as exc:
+        # `from None`: Ray's copy of the traceback stays short; the full one travels in the error.
+        raise worker_failed(exc, rank) from None
+
+
+def run_worker(config: dict[str, Any], runtime: WorkerRuntime, rank: int, world: int) -> None:
+    """Set up, train to the run's end, export the student."""
+    worker = set_up(config, runtime, rank, world)
     loop = TrainingLoop(worker)
     if not loop.run() or not loop.exports:
         return

@@ -60,11 +60,18 @@ def quiet_ray_data(context, verbose: bool) -> None:
     logging.getLogger(PARQUET_READER_LOGGER).setLevel(logging.WARNING)
 
 
+# Ray Train's logger that prints a failing train function's whole traceback on the console ("Error in
+# training function"); the worker's error travels to the driver, which prints one line and logs it.
+TRAIN_FN_ERROR_LOGGER = "ray.train.v2._internal.util"
+
+
 def quiet_train_worker(verbose: bool) -> None:
     """In a Ray Train worker: Train logs every `report` call at INFO from a logger named after its
-    module's file path, which `LoggingConfig(log_level=...)` misses; raydistill prints its own line."""
+    module's file path, which `LoggingConfig(log_level=...)` misses; raydistill prints its own line.
+    A failing worker's traceback goes to the run's log, not the console (workers/worker_errors.py)."""
     if verbose:
         return
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(TRAIN_FN_ERROR_LOGGER).setLevel(logging.CRITICAL)

@@ -15,6 +15,7 @@ from workers.faults import FaultInjector
 from workers.models import (
     DERIVED,
     NO_TEACHER,
+    ModelSetupError,
     build_model,
     check_vocabularies,
     count_parameters,
@@ -31,6 +32,7 @@ from workers.precision import (
 )
 from workers.runtime import WorkerRuntime
 from workers.student_module import StudentWithLoss, compile_for_training
+from workers.worker_errors import first_line, is_out_of_memory
 
 
 def with_resolved_precision(config: dict[str, Any], rank: int) -> dict[str, Any]:
@@ -49,6 +51,20 @@ def with_resolved_precision(config: dict[str, Any], rank: int) -> dict[str, Any]
     return {**config, "deepspeed": {**ds, "precision": resolved, "teacher_precision": teacher}}
 
 
+def load_model(key: str, spec: str, tokenizer, max_positions: int, seed: int, dtype: torch.dtype):
+    """`build_model` for the config's `key` (teacher or student). A model the driver's checks passed
+    (config.json read) whose weights still do not load (cut short, wrong shapes, an unknown class)
+    is the user's input at fault: ModelSetupError naming the key and the model, the cause chained."""
+    try:
+        return build_model(spec, tokenizer, max_positions, seed, dtype)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise  # reported as memory, not as a bad model
+        # build_model's own "cannot load model" error hides its OSError (`from None`): show the OSError.
+        reason = exc.__context__ if isinstance(exc, ModelSetupError) and exc.__context__ else exc
+        raise ModelSetupError(f"{key} {spec!r} cannot be loaded: {first_line(reason)}") from exc
+
+
 def build_models(config: dict[str, Any], runtime: WorkerRuntime):
     """(tokenizer, teacher or None, student, distillation loss), the teacher frozen in eval mode."""
     train, ds = config["train"], config["deepspeed"]
@@ -57,12 +73,13 @@ def build_models(config: dict[str, Any], runtime: WorkerRuntime):
     dtype = teacher_dtype(ds["teacher_precision"])
     teacher = None
     if config["teacher"] != NO_TEACHER:
-        teacher = build_model(config["teacher"], tokenizer, max_positions, train["seed"], dtype)
+        teacher = load_model("teacher", config["teacher"], tokenizer, max_positions, train["seed"], dtype)
         teacher.eval().requires_grad_(False)
     if config["student"] == DERIVED:
         student = derive_student(teacher, config["derive"], train["seed"] + 1)
     else:
-        student = build_model(config["student"], tokenizer, max_positions, train["seed"] + 1, torch.float32)
+        seed = train["seed"] + 1
+        student = load_model("student", config["student"], tokenizer, max_positions, seed, torch.float32)
     vocab_size = check_vocabularies(config, teacher, student, tokenizer)
     return tokenizer, teacher, student, distillation_loss_for(config, student, teacher, vocab_size)
 

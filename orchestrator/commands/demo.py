@@ -307,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
     timings["distill_s"] = time.perf_counter() - distill_started
 
     _stage(4, f"report: perplexity on {args.eval_sequences} eval sequences, summary, plots")
-    data_dir = prepare_run(distill, run_dir).data_dir  # the run's own prepared data (reused, not rebuilt)
+    # The run's own prepared data (reused, not rebuilt); run_training already printed its notes.
+    data_dir = prepare_run(distill, run_dir, announce=False).data_dir
     teacher_eval = None
     if preset_name(distill.teacher) is None:
         teacher_eval = evaluate_perplexity(distill.teacher, data_dir, args.eval_sequences)

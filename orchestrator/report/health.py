@@ -1,6 +1,7 @@
-"""The health verdict: four checks a person can act on, each pass or fail with the figure it was judged
-on: eval/train ratio under 2x, no non-finite steps, no scaled part more than 10x the others, perplexity
-falling."""
+"""The health verdict: checks a person can act on, each pass or fail with the figure it was judged on
+and, for a failure, the rule that fired: eval/train ratio under 2x, no non-finite steps, no scaled
+part more than 10x the others, the logged total equal to the sum of its parts, the lr logged above 0,
+perplexity falling."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ MAX_EVAL_TRAIN_RATIO = 2.0
 MAX_PART_DOMINANCE = 10.0
 # Below this raw value (nats for the KL parts) a part counts as matched, not as drowned by its weight.
 MATCHED_RAW = 0.05
+# The 10x rule is for a part too LARGE (DESIGN.md: a raw hidden-state MSE of 4,000 swamping a KD of 2),
+# not for a teacher-matching KL left small because the student caught up: kd and attention are the
+# student's excess cross-entropy over the teacher's, CE also holds the data's own entropy, so a KL
+# under a tenth of CE's raw value means the student is close to the teacher there (a derived student).
+CAUGHT_UP_PARTS = ("kd", "attention")
+# |total - sum of scaled parts| allowed, relative to the total (float32 sums over a few parts).
+LEDGER_TOLERANCE = 1e-4
 
 Verdict = tuple[str, bool, str]  # (check, passed, figure)
 
@@ -41,12 +49,25 @@ def _matched(record: dict[str, Any]) -> list[str]:
     return [c for c in _parts_on(record) if 0 <= record.get(f"loss/{c}/raw", math.inf) < MATCHED_RAW]
 
 
+def _caught_up(record: dict[str, Any]) -> list[str]:
+    """KL parts on, not near zero, but under a tenth of CE's raw value (see CAUGHT_UP_PARTS)."""
+    if "ce" not in _parts_on(record):
+        return []
+    limit = record.get("loss/ce/raw", 0.0) / MAX_PART_DOMINANCE
+    matched = _matched(record)
+    return [
+        c
+        for c in CAUGHT_UP_PARTS
+        if c in _parts_on(record) and c not in matched and record.get(f"loss/{c}/raw", math.inf) < limit
+    ]
+
+
 def _part_dominance(record: dict[str, Any]) -> tuple[float, str, str] | None:
     """(largest scaled part / second largest, largest's name, second's name) over the parts that are on
     and still have something to learn. A part already near zero is small because there is nothing left
     to match, not because its weight is too low: raising that weight, which this check would
     suggest, changes nothing."""
-    left_out = set(_matched(record))
+    left_out = set(_matched(record)) | set(_caught_up(record))
     if record.get("phase") == 2:
         # Ramping in by design (workers/curriculum.py): judged at full weight, in phase 3.
         left_out.add("feature")
@@ -60,6 +81,18 @@ def _part_dominance(record: dict[str, Any]) -> tuple[float, str, str] | None:
     if second <= 0:
         return (math.inf if top > 0 else 1.0), top_name, second_name
     return top / second, top_name, second_name
+
+
+def _caught_up_note(records: Sequence[dict[str, Any]]) -> str:
+    """'; kd under a tenth of CE at N steps (...)' when the caught-up rule left a part out ('' if none)."""
+    steps = {c: sum(c in _caught_up(r) for r in records) for c in CAUGHT_UP_PARTS}
+    shown = [f"{c} at {n} step(s)" for c, n in steps.items() if n]
+    if not shown:
+        return ""
+    return (
+        f"; under a tenth of CE's raw value, left out: {', '.join(shown)} (the student close to the "
+        "teacher there, not a weight imbalance)"
+    )
 
 
 def _matched_note(records: Sequence[dict[str, Any]]) -> str:
@@ -77,7 +110,7 @@ def _matched_note(records: Sequence[dict[str, Any]]) -> str:
 
 
 def health_verdict(records: Sequence[dict[str, Any]]) -> list[Verdict]:
-    """The run's four health checks, each `(name, passed, figure_text)`."""
+    """The run's health checks, each `(name, passed, figure_text)`."""
     verdicts: list[Verdict] = []
     evals = eval_records(records)
 
@@ -107,14 +140,16 @@ def health_verdict(records: Sequence[dict[str, Any]]) -> list[Verdict]:
         found = _part_dominance(r)
         if found is not None:
             dominance.append((found[0], r["step"], found[1], found[2]))
-    note = _matched_note(records)
+    note = _matched_note(records) + _caught_up_note(records)
     if dominance:
         worst_d, at, top, second = max(dominance, key=lambda x: x[0])
+        passed = worst_d <= MAX_PART_DOMINANCE
+        rule = "" if passed else f": {top} drowns {second} (weights or units; rescale one of them)"
         verdicts.append(
             (
                 f"no scaled part more than {MAX_PART_DOMINANCE:g}x the others",
-                worst_d <= MAX_PART_DOMINANCE,
-                f"worst {fmt(worst_d)}x ({top} over {second}, step {at}){note}",
+                passed,
+                f"worst {fmt(worst_d)}x ({top} over {second}, step {at}){rule}{note}",
             )
         )
     else:
@@ -125,6 +160,9 @@ def health_verdict(records: Sequence[dict[str, Any]]) -> list[Verdict]:
                 f"one part left to compare{note}" if note else "one part only (CE)",
             )
         )
+
+    verdicts.append(_ledger_verdict(records))
+    verdicts.append(_lr_verdict(records))
 
     if len(evals) >= 2:
         first, last = evals[0], evals[-1]
@@ -146,6 +184,44 @@ def health_verdict(records: Sequence[dict[str, Any]]) -> list[Verdict]:
         else:
             verdicts.append(("perplexity falling", False, "fewer than 2 evals and 2 logged steps"))
     return verdicts
+
+
+def _ledger_gaps(records: Sequence[dict[str, Any]]) -> list[tuple[float, int, str, float, float]]:
+    """(relative gap, step, prefix, total, sum of scaled parts) for each train and eval ledger logged."""
+    gaps = []
+    for r in records:
+        for prefix in ("loss", "eval"):
+            total = r.get(f"{prefix}/total")
+            parts = [r[f"{prefix}/{c}/scaled"] for c in COMPONENTS if f"{prefix}/{c}/scaled" in r]
+            if total is None or not parts or not math.isfinite(total):
+                continue
+            summed = math.fsum(parts)
+            gaps.append((abs(total - summed) / max(1.0, abs(total)), r["step"], prefix, total, summed))
+    return gaps
+
+
+def _ledger_verdict(records: Sequence[dict[str, Any]]) -> Verdict:
+    """Invariant 1 of DESIGN.md, as logged: each total is the sum of its scaled parts."""
+    name = "logged total = sum of scaled parts"
+    gaps = _ledger_gaps(records)
+    if not gaps:
+        return name, True, "no ledger logged"
+    gap, step, prefix, total, summed = max(gaps)
+    if gap <= LEDGER_TOLERANCE:
+        return name, True, f"{len(gaps)} ledger(s), worst gap {gap:.1e} of the total"
+    label = "eval" if prefix == "eval" else "train"
+    return name, False, f"{label} total {fmt(total)} but parts sum to {fmt(summed)} at step {step}"
+
+
+def _lr_verdict(records: Sequence[dict[str, Any]]) -> Verdict:
+    """A logged lr of 0 before the last step: the optimizer did not step, or a warm-up lr was rounded
+    to 0 on its way to the log (the last step may end a cosine at min_lr_ratio 0)."""
+    name = "lr logged above 0"
+    zero = [r["step"] for r in records[:-1] if "lr" in r and not r["lr"] > 0]
+    if zero:
+        return name, False, f"lr 0 at step(s) {', '.join(map(str, zero[:5]))}"
+    lrs = [r["lr"] for r in records if "lr" in r]
+    return name, True, f"min {min(lrs):.2e}" if lrs else "no lr logged"
 
 
 def verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.config import Config
-from orchestrator.errors import Interrupted, RunFailed, root_cause
+from orchestrator.errors import Interrupted, RunFailed
 from orchestrator.train.interrupt import GracefulInterrupt
 
 
@@ -27,6 +27,7 @@ def run_training(
     from orchestrator.train.run_dir import prepare_run_dir
     from orchestrator.train.telemetry import MetricsCallback, shows_phases
     from orchestrator.train.trainer import STUDENT_DIR, build_trainer, prepare_run
+    from orchestrator.train.worker_failure import NoRetryOnUserError, WorkerInputError, failure_message
 
     run_dir = run_dir.resolve()
     preflight(config)  # reads small files only: a refused run writes nothing
@@ -55,11 +56,12 @@ def run_training(
     )
     with GracefulInterrupt(run_dir) as interrupt:
         prepared = prepared.with_runtime(interrupt_file=str(interrupt.request_file))
-        trainer = build_trainer(config, run_dir, prepared, callbacks=[callback])
+        trainer = build_trainer(config, run_dir, prepared, callbacks=[callback, NoRetryOnUserError()])
         try:
             result = interrupt.call(trainer.fit)
-        except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
-            raise TrainingFailed(f"training failed: {root_cause(exc)}") from exc
+        except Exception as exc:  # Ray wraps worker errors: one line, the tracebacks in a log file
+            user, message = failure_message(exc, run_dir)
+            raise (WorkerInputError if user else TrainingFailed)(message) from exc
     if interrupt.requested and (step := checkpoint_step(result)) < config.train.max_steps:
         raise Interrupted(
             f"stopped by {interrupt.signal_name} at step {step}/{config.train.max_steps}, checkpoint saved in "

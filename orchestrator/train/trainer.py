@@ -35,10 +35,11 @@ class PreparedRun:
         return dataclasses.replace(self, runtime=dataclasses.replace(self.runtime, **changes))
 
 
-def prepare_run(config: Config, run_dir: Path, verbose: bool = False) -> PreparedRun:
+def prepare_run(config: Config, run_dir: Path, verbose: bool = False, announce: bool = True) -> PreparedRun:
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver. The
     inputs were checked first by `orchestrator.train.preflight.preflight` (train and sweep call it).
-    `verbose` (`--verbose`) reaches the workers in their runtime."""
+    `verbose` (`--verbose`) reaches the workers in their runtime; `announce=False` for a run already
+    prepared once by this command (its notes are printed once per run)."""
     from orchestrator.data.prepare import MANIFEST, ensure_prepared, read_manifest
     from orchestrator.train.data_models import default_tokenizer, run_tokenizer_spec
 
@@ -49,12 +50,14 @@ def prepare_run(config: Config, run_dir: Path, verbose: bool = False) -> Prepare
     if default is not None and not (Path(data_cfg.source).expanduser() / MANIFEST).is_file():
         # A pretrained model brings its own vocabulary: tokenise with it rather than training a new BPE.
         key, spec = default
-        print(f"raydistill: data.tokenizer not set: tokenising with the {key}'s tokenizer ({spec})")
+        if announce:
+            print(f"raydistill: data.tokenizer not set: tokenising with the {key}'s tokenizer ({spec})")
         data_cfg = dataclasses.replace(data_cfg, tokenizer=spec)
     data_dir = ensure_prepared(data_cfg, max_positions=max_positions)
     manifest = read_manifest(data_dir)
     tokenizer = run_tokenizer_spec(config, data_dir)
-    _announce_pad_fallback(tokenizer)
+    if announce:
+        _announce_pad_fallback(tokenizer)
     runtime = WorkerRuntime(
         tokenizer=tokenizer,
         max_positions=max_positions,
