@@ -128,6 +128,9 @@ def load_pair(case: Case, model_dirs):
 
 
 def train_and_export(case: Case, model_dirs, out_dir: Path) -> TrainedRun:
+    # As a worker seeds itself before building (projectors, dropout): each case is the same run
+    # whichever cases ran before it.
+    torch.manual_seed(0)
     tokenizer, teacher, student = load_pair(case, model_dirs)
     loss = distillation_loss_for(RUN, student, teacher)
     config = engine_config(0, micro_batch_size=MICRO_BATCH, lr=1e-2, max_steps=STEPS, warmup_steps=1)
