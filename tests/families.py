@@ -233,34 +233,68 @@ def build_tokenizer(name: str) -> transformers.PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_config(name: str, tokenizer, layers: int = LAYERS, vocab_pad: int = 0):
-    """The family's config: `layers` deep, vocabulary len(tokenizer) + `vocab_pad`, the tokenizer's
-    special ids."""
+# Family config entries that scale with the model width (each family's own names): the residual
+# width, the MLP width and the per-head width; head counts stay, so a narrower model has narrower heads.
+_WIDTH_KEYS = (
+    "hidden_size",
+    "n_embd",
+    "word_embed_proj_dim",
+    "intermediate_size",
+    "n_inner",
+    "ffn_dim",
+    "head_dim",
+    "query_pre_attn_scalar",
+)
+
+
+def build_config(name: str, tokenizer, layers: int = LAYERS, vocab_pad: int = 0, width: int = WIDTH):
+    """The family's config: `layers` deep, `width` wide (every width entry scaled by width / WIDTH),
+    vocabulary len(tokenizer) + `vocab_pad`, the tokenizer's special ids. `tokenizer` may be another
+    family's (a student built for a teacher's tokenizer)."""
     family = FAMILIES[name]
     ids = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    shape = {k: v * width // WIDTH if k in _WIDTH_KEYS else v for k, v in family.config.items()}
     return family.config_class(
-        vocab_size=len(tokenizer) + vocab_pad, num_hidden_layers=layers, **ids, **family.config
+        vocab_size=len(tokenizer) + vocab_pad, num_hidden_layers=layers, **ids, **shape
     )
 
 
-def build_family(name: str, layers: int = LAYERS, vocab_pad: int = 0, seed: int = 0):
-    """(model, tokenizer): a freshly initialised fp32 model of family `name`."""
-    tokenizer = build_tokenizer(name)
-    config = build_config(name, tokenizer, layers, vocab_pad)
+def build_family(
+    name: str,
+    layers: int = LAYERS,
+    vocab_pad: int = 0,
+    seed: int = 0,
+    width: int = WIDTH,
+    tokenizer_of: str | None = None,
+):
+    """(model, tokenizer): a freshly initialised fp32 model of family `name`, with the tokenizer of
+    family `tokenizer_of` (default: its own)."""
+    tokenizer = build_tokenizer(tokenizer_of or name)
+    config = build_config(name, tokenizer, layers, vocab_pad, width)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval(), tokenizer
 
 
-def save_family(name: str, tmp_dir, vocab_pad: int = 0, layers: int = LAYERS, seed: int = 0) -> Path:
-    """Save family `name`'s tiny model and tokenizer to `tmp_dir/name` and return that directory."""
-    model, tokenizer = build_family(name, layers, vocab_pad, seed)
-    path = Path(tmp_dir) / name
+def save_family(
+    name: str,
+    tmp_dir,
+    vocab_pad: int = 0,
+    layers: int = LAYERS,
+    seed: int = 0,
+    width: int = WIDTH,
+    tokenizer_of: str | None = None,
+    subdir: str | None = None,
+) -> Path:
+    """Save family `name`'s tiny model and tokenizer (`tokenizer_of`'s, default its own; see
+    `build_family`) to `tmp_dir/subdir` (default `tmp_dir/name`) and return that directory."""
+    model, tokenizer = build_family(name, layers, vocab_pad, seed, width, tokenizer_of)
+    path = Path(tmp_dir) / (subdir or name)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

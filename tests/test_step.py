@@ -9,6 +9,7 @@ import deepspeed
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_configs import engine_config
 from tiny_llama import CE_ONLY, tiny_llama
 
 from workers.distill_loss import DistillationLoss
@@ -20,32 +21,6 @@ WIDTH, LAYERS, VOCAB, SEQ = 32, 2, 128, 16
 TEMPERATURE = 2.0
 KD_ONLY = {**CE_ONLY, "alpha_ce": 0.0, "alpha_kd": 1.0, "kd_temperature": TEMPERATURE}
 NO_CURRICULUM = {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0}
-
-
-def engine_config(zero_stage: int, grad_accum: int, grad_clip: float) -> dict:
-    """The parts of a run config `build_engine` reads: fp32 on one CPU worker, a 3-step warm-up so the
-    lr differs from step to step."""
-    return {
-        "train": {
-            "seed": 0,
-            "max_steps": 10,
-            "micro_batch_size": 1,
-            "grad_accum": grad_accum,
-            "lr": 1e-2,
-            "min_lr_ratio": 0.1,
-            "warmup_steps": 3,
-            "weight_decay": 0.01,
-            "grad_clip": grad_clip,
-        },
-        "deepspeed": {
-            "zero_stage": zero_stage,
-            "precision": "fp32",
-            "offload_optimizer": False,
-            "offload_param": False,
-            "teacher_zero3": False,
-        },
-        "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1.0},
-    }
 
 
 def kd_engine(zero_stage: int, grad_accum: int = 2, grad_clip: float = 1.0, loss_cfg: dict = KD_ONLY):
