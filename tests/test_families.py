@@ -54,9 +54,12 @@ MAX_NEW_TOKENS = 20
 class Case:
     teacher: str  # the teacher's family
     student: str  # "derived", or the family of a student saved with the teacher's tokenizer
+    teacher_pad: int = 0  # embedding rows past the tokenizer's ids (the student has none)
 
     @property
     def id(self) -> str:
+        if self.teacher_pad:
+            return f"{self.teacher}-padded_{self.teacher_pad}-vs-{self.student}"
         if self.student == "derived":
             return f"{self.teacher}-derived"
         if self.student == self.teacher:
@@ -68,8 +71,9 @@ CASES = [Case(name, kind) for name in FAMILIES for kind in ("derived", name)]
 # A pair across families that share one tokenizer: a user's Mistral student trained on the Llama
 # tokenizer, distilled from a Llama teacher.
 CASES.append(Case("llama", "mistral"))
-# TODO(issue 23): the padded-vocabulary pair (teacher and student embeddings padded to different sizes
-# past the shared tokenizer) goes here once the vocabulary rules being changed on another branch land.
+# The padded-vocabulary pair: one tokenizer, the teacher's embedding padded 64 rows past it (as
+# Qwen2.5-7B's 152064 rows against 0.5B's 151936), so KD reads the shared ids only.
+CASES.append(Case("qwen2", "qwen2", teacher_pad=64))
 
 
 @dataclass
@@ -99,12 +103,14 @@ def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
     saved: dict[tuple[str, str, str], Path] = {}
 
-    def get(family: str, kind: str, tokenizer_of: str | None = None) -> Path:
-        key = (family, kind, tokenizer_of or family)
+    def get(family: str, kind: str, tokenizer_of: str | None = None, vocab_pad: int = 0) -> Path:
+        key = (family, kind, tokenizer_of or family, vocab_pad)
         if key not in saved:
             shape = {} if kind == "teacher" else {"layers": STUDENT_LAYERS, "width": STUDENT_WIDTH, "seed": 1}
-            subdir = f"{family}-{kind}-{tokenizer_of or family}"
-            saved[key] = save_family(family, root, tokenizer_of=tokenizer_of, subdir=subdir, **shape)
+            subdir = f"{family}-{kind}-{tokenizer_of or family}-pad{vocab_pad}"
+            saved[key] = save_family(
+                family, root, tokenizer_of=tokenizer_of, subdir=subdir, vocab_pad=vocab_pad, **shape
+            )
         return saved[key]
 
     return get
@@ -112,7 +118,7 @@ def model_dirs(tmp_path_factory):
 
 def load_pair(case: Case, model_dirs):
     """(tokenizer, teacher, student) as a worker builds them (workers/worker_setup.py build_models)."""
-    teacher_dir = model_dirs(case.teacher, "teacher")
+    teacher_dir = model_dirs(case.teacher, "teacher", vocab_pad=case.teacher_pad)
     tokenizer = load_tokenizer(str(teacher_dir))
     teacher = build_model(str(teacher_dir), tokenizer, POSITIONS, 0, torch.float32)
     teacher.eval().requires_grad_(False)
@@ -123,16 +129,19 @@ def load_pair(case: Case, model_dirs):
         # The tokenizer the student was saved with is the teacher's (what makes the pair valid).
         assert tokenizer_identity(load_tokenizer(str(student_dir))) == tokenizer_identity(tokenizer)
         student = build_model(str(student_dir), tokenizer, POSITIONS, 1, torch.float32)
-    check_vocabularies(teacher, student, tokenizer)
-    return tokenizer, teacher, student
+    vocab_size = check_vocabularies(
+        {"teacher": case.teacher, "student": case.student}, teacher, student, tokenizer
+    )
+    assert teacher.get_output_embeddings().weight.shape[0] == vocab_size + case.teacher_pad
+    return tokenizer, teacher, student, vocab_size
 
 
 def train_and_export(case: Case, model_dirs, out_dir: Path) -> TrainedRun:
     # As a worker seeds itself before building (projectors, dropout): each case is the same run
     # whichever cases ran before it.
     torch.manual_seed(0)
-    tokenizer, teacher, student = load_pair(case, model_dirs)
-    loss = distillation_loss_for(RUN, student, teacher)
+    tokenizer, teacher, student, vocab_size = load_pair(case, model_dirs)
+    loss = distillation_loss_for(RUN, student, teacher, vocab_size)
     config = engine_config(0, micro_batch_size=MICRO_BATCH, lr=1e-2, max_steps=STEPS, warmup_steps=1)
     engine = build_engine(StudentWithLoss(student, loss, "auto"), config, 1)
     batches = text_batches(tokenizer)

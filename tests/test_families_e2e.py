@@ -79,10 +79,9 @@ def test_a_saved_family_teacher_distils_through_the_cli_and_exports(family, ray_
     last = records[-1]  # phase 3: every part on and computed (a part not computed logs exactly 0)
     assert last["phase"] == 3 and all(last[f"loss/{c}/weight"] > 0 for c in COMPONENTS), last
     assert all(last[f"loss/{c}/raw"] > 0 for c in ("ce", "kd", "feature")), last
-    # The teacher runs in bf16 here (teacher_precision auto, native bf16 on this CPU): its attention rows
-    # sum to 1 +- 2e-3, so the KL of a derived student's near-identical maps can dip just below 0 (seen
-    # -2e-5 for OPT; workers/losses.py does not renormalise them). Computed, finite, noise-sized.
-    assert last["loss/attention/raw"] != 0.0 and last["loss/attention/raw"] > -1e-3, last
+    # The teacher runs in bf16 here (teacher_precision auto on a bf16 CPU): attention rows are
+    # renormalised after the upcast (workers/losses.py), so even near-identical maps give a KL >= 0.
+    assert last["loss/attention/raw"] > 0, last
 
     student_dir = run_dir / "student"
     model = AutoModelForCausalLM.from_pretrained(student_dir)

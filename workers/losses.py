@@ -417,6 +417,10 @@ def attention_loss(student_attn: Tensor, teacher_attn: Tensor, mask: Tensor | No
     t = _upcast(teacher_attn).mean(1)
     # (B, T, T) -> (N, T): the kept query rows.
     s, t = _keep(s, mask), _keep(t, mask)
+    # Rows of a bf16 model sum to 1 only within ~2e-3, enough to make a near-zero KL negative:
+    # renormalise after the upcast, so the KL of two distributions is >= 0.
+    s = s / s.sum(-1, keepdim=True).clamp_min(_PROB_FLOOR)
+    t = t / t.sum(-1, keepdim=True).clamp_min(_PROB_FLOOR)
     log_s = s.clamp_min(_PROB_FLOOR).log()
     log_t = t.clamp_min(_PROB_FLOOR).log()
     # p = t exactly (not exp(log_t)), so zero-probability keys contribute exactly 0.
