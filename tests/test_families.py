@@ -4,7 +4,8 @@ smaller width saved as a user's own), a few real `train_step`s on a single-proce
 with all four loss parts on, then the project's export reloaded with plain transformers.
 
 Plus a cross-family pair that shares one tokenizer (a Llama teacher, a Mistral student built on the
-Llama tokenizer). The Ray + DeepSpeed CLI runs of two families are in tests/test_families_e2e.py.
+Llama tokenizer), and a Qwen2 pair whose teacher pads its embedding 64 rows past the shared tokenizer.
+The Ray + DeepSpeed CLI runs of two families are in tests/test_families_e2e.py.
 """
 
 from __future__ import annotations
