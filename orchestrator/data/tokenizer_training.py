@@ -13,7 +13,7 @@ differ in eos. It is stable across save/load round trips, so the hash in a manif
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ SPECIAL_TOKENS = (BOS, EOS, PAD)
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int) -> Any:
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Any:
     """A byte-level BPE `tokenizers.Tokenizer` trained on `texts` (deterministic for the same input).
 
     On a small corpus the vocabulary can stop short of `vocab_size` (no pair left to merge).
@@ -48,7 +48,8 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer, length=len(texts))
+    # `texts` may be a stream (prepare-data reads the corpus file by file): no length then.
+    tokenizer.train_from_iterator(texts, trainer, length=len(texts) if hasattr(texts, "__len__") else None)
     return tokenizer
 
 
