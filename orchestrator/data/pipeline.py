@@ -251,8 +251,12 @@ def build_dataset(sources: list[tuple[Source, bool]], spec: PipelineSpec, column
         num_cpus=1,
         # A failed batch is bad data, not a lost node: no retry (the tokenizer argument is in the
         # object store, which Ray warns about for restartable actors).
-        max_restarts=0,
+        ray_remote_args_fn=_no_restarts,
     )
+
+
+def _no_restarts() -> dict:
+    return {"max_restarts": 0}
 
 
 def run(

@@ -141,8 +141,8 @@ def resolve_source(
             raise UserError(f"data.format={fmt!r}: {key} 'stdlib' is text (use data.format auto or text)")
     if not files:
         if spec != STDLIB and not path.exists():
-            raise UserError(f"{key}={spec!r}: the glob matches no file")
-        raise UserError(f"{key}={spec!r}: no {found_format} files found under {resolved}")
+            raise UserError(f"{key}={spec!r}: no files found matching the glob")
+        raise UserError(f"{key}={spec!r}: no files found under {resolved} (data.format {found_format})")
     selected = select_files(files, max_files, seed)
     source = Source(spec, resolved, found_format, [_stat(f) for f in selected], len(files), key)
     if found_format == "parquet":
