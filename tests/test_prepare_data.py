@@ -168,7 +168,9 @@ def _train_packed(tokenizer, docs: list[str], eval_docs: list[str]) -> np.ndarra
     from orchestrator.data.tokenizer_training import text_encoder
 
     train = [d for d in docs if d not in eval_docs]
-    flat = np.concatenate([np.append(ids, tokenizer.eos_token_id) for ids in text_encoder(tokenizer).encode(train)])
+    flat = np.concatenate(
+        [np.append(ids, tokenizer.eos_token_id) for ids in text_encoder(tokenizer).encode(train)]
+    )
     return flat[: len(flat) // SEQ_LEN * SEQ_LEN].reshape(-1, SEQ_LEN).astype(np.int32)
 
 
@@ -365,7 +367,9 @@ def test_cli_subprocess_exit_code_and_one_line_error(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert (
-        len(lines) == 1 and lines[0].startswith("raydistill: error: data.source") and "no files found" in lines[0]
+        len(lines) == 1
+        and lines[0].startswith("raydistill: error: data.source")
+        and "no files found" in lines[0]
     )
     assert "Traceback" not in result.stderr
 

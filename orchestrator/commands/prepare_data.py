@@ -13,8 +13,8 @@ import argparse
 import dataclasses
 
 from orchestrator.config import DATA_FORMATS, DataConfig
-from orchestrator.data.records import LOSS_ON
 from orchestrator.data.prepare import ROWS_PER_SHARD, prepare
+from orchestrator.data.records import LOSS_ON
 from orchestrator.errors import UserError
 
 
@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trained tokens: auto = assistant turns (chat), the completion (pairs), all (text)",
     )
     parser.add_argument(
-        "--eval-source", default=None, metavar="PATH", help="a separate eval set (default: hold out --eval-fraction)"
+        "--eval-source",
+        default=None,
+        metavar="PATH",
+        help="a separate eval set (default: hold out --eval-fraction)",
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="output dir (new, empty, or a matching earlier output)"

@@ -104,7 +104,9 @@ class Tokenize:
         tables = []
         for split in ("train", "eval"):
             chosen = [
-                j for j, i in enumerate(keep) if self._is_eval(wheres[i], is_eval_source, i) == (split == "eval")
+                j
+                for j, i in enumerate(keep)
+                if self._is_eval(wheres[i], is_eval_source, i) == (split == "eval")
             ]
             counts[f"{split}_documents"] += len(chosen)
             if not chosen:
@@ -173,7 +175,9 @@ class Tokenize:
     def _empty(self):
         import pyarrow as pa
 
-        return pa.table({"input_ids": pa.array([], type=pa.list_(pa.int32())), "split": pa.array([], pa.string())})
+        return pa.table(
+            {"input_ids": pa.array([], type=pa.list_(pa.int32())), "split": pa.array([], pa.string())}
+        )
 
 
 class Stats:
@@ -219,7 +223,9 @@ def _actor_count() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
 
 
-def build_dataset(sources: list[tuple[Source, bool]], spec: PipelineSpec, columns: list[str], tokenizer, stats):
+def build_dataset(
+    sources: list[tuple[Source, bool]], spec: PipelineSpec, columns: list[str], tokenizer, stats
+):
     """The lazy Dataset of packed rows. `sources` = (source, is eval source) pairs."""
     import pyarrow as pa
     import ray.data
@@ -271,19 +277,23 @@ def run(
 ) -> dict:
     """Write <staging>/train and <staging>/eval; return the totals (documents, tokens, sequences, ...).
     Raises the `UserError` behind a failing read task or actor as itself (one line)."""
+    import logging
+
     import ray
     import ray.data
 
     from workers import ray_console
-
-    import logging
 
     context = ray.data.DataContext.get_current()
     data_logger = logging.getLogger("ray.data")
     saved_level = data_logger.level
     if not verbose:  # "execution finished", "progress bars disabled": our bar and lines say it
         data_logger.setLevel(logging.ERROR)
-    saved = (context.execution_options.preserve_order, context.enable_progress_bars, context.print_on_execution_start)
+    saved = (
+        context.execution_options.preserve_order,
+        context.enable_progress_bars,
+        context.print_on_execution_start,
+    )
     ray_console.quiet_ray_data(context, verbose)
     context.execution_options.preserve_order = True  # the same inputs and seed give the same shards
     stats = ray.remote(num_cpus=0)(Stats).remote()
@@ -311,7 +321,11 @@ def run(
         totals = ray.get(stats.get.remote())
     finally:
         progress.close()
-        context.execution_options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
+        (
+            context.execution_options.preserve_order,
+            context.enable_progress_bars,
+            context.print_on_execution_start,
+        ) = saved
         data_logger.setLevel(saved_level)
         ray.kill(stats)
     if failure:

@@ -193,4 +193,6 @@ def first_record_fields(source: Source) -> tuple[list[str], str]:
         if found is not None:
             record, where = found
             return list(record), where
-    raise UserError(f"{source.key}={source.spec!r}: nothing left after filtering: no JSON record in {len(source.files)} file(s)")
+    raise UserError(
+        f"{source.key}={source.spec!r}: nothing left after filtering: no JSON record in {len(source.files)} file(s)"
+    )
