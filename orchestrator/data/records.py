@@ -58,6 +58,29 @@ def resolve_loss_on(loss_on: str, kind: str) -> str:
     return loss_on
 
 
+def record_text(record: dict, kind: str, text_field: str) -> str:
+    """The text of a record a BPE is trained on (no template: its markers are special tokens).
+
+    Malformed records give "" here; `Encoder.encode` is where they are refused, with their place.
+    """
+    if kind == "text":
+        value = record.get(text_field)
+        return value if isinstance(value, str) else ""
+    if kind == "chat":
+        return _messages_text(record.get("messages"))
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return prompt + completion
+    return _messages_text(prompt) + "\n" + _messages_text(completion)
+
+
+def _messages_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return ""
+    parts = [m.get("content") for m in messages if isinstance(m, dict)]
+    return "\n".join(part for part in parts if isinstance(part, str))
+
+
 @dataclass
 class Encoded:
     """A batch of encoded records, in input order."""
