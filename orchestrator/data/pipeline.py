@@ -68,9 +68,14 @@ def _eval_by_hash(where: str, seed: int, fraction: float) -> bool:
 class Tokenize:
     """A Ray Data actor: one tokenizer per process, one `records.Encoder`, called per batch."""
 
-    def __init__(self, tokenizer: Any, spec: PipelineSpec, stats: Any) -> None:
+    def __init__(self, payload: list, stats: Any) -> None:
+        import ray
+
         from orchestrator.data.records import Encoder
 
+        # (tokenizer, spec) come as an object ref inside a list: fetched once here, and not an actor
+        # argument held in the object store (which Ray warns about at every actor start).
+        tokenizer, spec = ray.get(payload[0])
         self.spec = spec
         self.stats = stats
         self.encoder = Encoder(tokenizer, spec.kind, spec.text_field, spec.loss_on, spec.seq_len)
@@ -246,23 +251,27 @@ def build_dataset(
             )
         datasets.append(ds)
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    import warnings
+
+    import ray
     from ray.data import ActorPoolStrategy
 
-    return ds.map_batches(
-        Tokenize,
-        fn_constructor_args=(tokenizer, spec, stats),
-        batch_size=BATCH_FILES if sources[0][0].format == "text" else BATCH_RECORDS,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=_actor_count()),
-        num_cpus=1,
-        # A failed batch is bad data, not a lost node: no retry (the tokenizer argument is in the
-        # object store, which Ray warns about for restartable actors).
-        ray_remote_args_fn=_no_restarts,
-    )
-
-
-def _no_restarts() -> dict:
-    return {"max_restarts": 0}
+    with warnings.catch_warnings():
+        # max_restarts goes through Ray's deprecated **ray_remote_args, the way Ray's own comment
+        # says to turn restarts off (actor_pool_map_operator.py); without it every actor start logs
+        # an error line about restartable actors with arguments in the object store.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return ds.map_batches(
+            Tokenize,
+            fn_constructor_args=([ray.put((tokenizer, spec))], stats),
+            batch_size=BATCH_FILES if sources[0][0].format == "text" else BATCH_RECORDS,
+            batch_format="pyarrow",
+            # Grows with the input: a one-file source is one read block, one actor.
+            compute=ActorPoolStrategy(min_size=1, max_size=_actor_count()),
+            num_cpus=1,
+            # A failing batch is bad data, not a lost node: retrying it would fail again.
+            max_restarts=0,
+        )
 
 
 def run(

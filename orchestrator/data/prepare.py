@@ -243,7 +243,9 @@ def _train_bpe(plan: _Plan, directory: Path, progress: _Progress) -> None:
     cfg = plan.data_cfg
     progress.bar(f"training byte-level BPE tokenizer (vocab {cfg.vocab_size})", bar_format="{desc} ...")
     texts = iter_texts([f.path for f in plan.source.files], plan.source.format, plan.kind, plan.text_field)
-    trained = tokenizer_training.train_bpe(texts, cfg.vocab_size)
+    # Chat data gets ChatML's tokens and template (tokenizer_training.train_chat_bpe).
+    train = tokenizer_training.train_chat_bpe if plan.kind == "chat" else tokenizer_training.train_bpe
+    trained = train(texts, cfg.vocab_size)
     tokenizer_training.save_trained(trained, directory)
     progress.done(
         f"trained byte-level BPE tokenizer: vocab {trained.get_vocab_size()} ({time.monotonic() - started:.1f} s)"
@@ -347,11 +349,8 @@ def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
             progress,
         )
         _check_totals(plan, totals)
-        columns = ["input_ids"]
-        if plan.loss_on != "all":
-            columns.append("loss_mask")
-        if plan.kind != "text":
-            columns.append("attention_mask")
+        # Text is packed, every token trained; chat / pair rows are padded samples with a loss mask.
+        columns = ["input_ids"] if plan.kind == "text" else ["input_ids", "loss_mask", "attention_mask"]
         manifest = {
             **plan.settings,
             "corpus_hash": plan.settings["source_identity"]["sha256"],

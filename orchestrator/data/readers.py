@@ -187,27 +187,18 @@ def block_records(block: Any) -> tuple[list[dict], list[str], list[str | None]]:
 
 
 def iter_texts(files: list[str], fmt: str, kind: str, text_field: str) -> Iterator[str]:
-    """Every text of the records of `files`, one file at a time (BPE training streams these): the
-    document, the messages' contents, or the prompt and the completion."""
-    columns = kind_columns(kind, text_field if fmt != "text" else "text")
+    """The text of every record of `files` (records.record_text), one file at a time: BPE training
+    streams these instead of holding the corpus."""
+    from orchestrator.data.records import record_text
+
+    columns = kind_columns(kind, text_field)
     for path in files:
         with open(path, "rb") as stream:
             for block in file_blocks(stream, path, fmt, columns):
-                records, wheres, skips = block_records(block)
+                records, _, skips = block_records(block)
                 for record, skip in zip(records, skips):
                     if skip is None:
-                        yield from _record_texts(record, kind, text_field if fmt != "text" else "text")
-
-
-def _record_texts(record: dict, kind: str, text_field: str) -> Iterator[str]:
-    if kind == "chat":
-        for message in record.get("messages") or []:
-            if isinstance(message, dict) and isinstance(message.get("content"), str):
-                yield message["content"]
-    elif kind == "pair":
-        yield from (v for v in (record.get("prompt"), record.get("completion")) if isinstance(v, str))
-    elif isinstance(record.get(text_field), str):
-        yield record[text_field]
+                        yield record_text(record, kind, text_field)
 
 
 def records_datasource(paths: list[str], fmt: str, columns: list[str]):
