@@ -145,9 +145,11 @@ def _kind(source: Source, text_field: str) -> str:
     return record_kind(fields, "text" if source.format == "text" else text_field, where)
 
 
-def _plan(data_cfg: DataConfig, rows_per_shard: int, progress: _Progress) -> _Plan:
+def check_sources(data_cfg: DataConfig) -> tuple[Source, Source | None, str, str]:
+    """List the source (and eval source), read their first record, check `data.loss_on` against the
+    record kind. Reads no more than headers: training's preflight calls it before Ray starts.
+    Returns (source, eval source, record kind, resolved loss_on)."""
     from orchestrator.data.records import resolve_loss_on
-    from orchestrator.data.shards import FORMAT_VERSION
 
     source = resolve_source(data_cfg.source, data_cfg.format, data_cfg.max_files, data_cfg.seed)
     kind = _kind(source, data_cfg.text_field)
@@ -159,7 +161,13 @@ def _plan(data_cfg: DataConfig, rows_per_shard: int, progress: _Progress) -> _Pl
             raise UserError(
                 f"data.eval_source={data_cfg.eval_source!r} holds {eval_kind} records, data.source {kind} records"
             )
-    loss_on = resolve_loss_on(data_cfg.loss_on, kind)
+    return source, eval_source, kind, resolve_loss_on(data_cfg.loss_on, kind)
+
+
+def _plan(data_cfg: DataConfig, rows_per_shard: int, progress: _Progress) -> _Plan:
+    from orchestrator.data.shards import FORMAT_VERSION
+
+    source, eval_source, kind, loss_on = check_sources(data_cfg)
     progress.done(
         f"found {len(source.files)} of {source.files_found} {source.format} files in {source.resolved} "
         f"({source.bytes / 1e6:,.1f} MB): {kind} records, loss on {loss_on} tokens"
