@@ -63,7 +63,8 @@ def _nothing_written(out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
 
 
-PAIRS = [{"prompt": f"What is {i} times 3? ", "completion": f"It is {3 * i}."} for i in range(120)]
+# The usual convention: the completion starts with its own space (no token spans the two parts).
+PAIRS = [{"prompt": f"What is {i} times 3?", "completion": f" It is {3 * i}."} for i in range(120)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +136,11 @@ def test_parquet_files_read_by_the_text_field_column(tmp_path):
     pq.write_table(pa.Table.from_pylist(docs[:80]), source / "a.parquet")
     pq.write_table(pa.Table.from_pylist(docs[80:]), source / "b.parquet")
     manifest = _prepare(source, tmp_path / "out", "--text-field", "content")
-    assert (manifest["format"], manifest["documents"], manifest["source_identity"]["files"]) == ("parquet", 160, 2)
+    assert (manifest["format"], manifest["documents"], manifest["source_identity"]["files"]) == (
+        "parquet",
+        160,
+        2,
+    )
     assert manifest["train_documents"] + manifest["eval_documents"] == 160
     assert _rows(_table(tmp_path / "out", "train"), "input_ids").shape == (manifest["train_sequences"], 48)
 
