@@ -13,7 +13,7 @@ differ in eos. It is stable across save/load round trips, so the hash in a manif
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
