@@ -23,6 +23,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -325,7 +326,9 @@ def _ensure_ray(verbose: bool = False) -> None:
         ensure_ray(num_workers=1, cpus_per_worker=1.0, verbose=verbose)
 
 
-def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
+def _build(
+    plan: _Plan, out: Path, progress: _Progress, start_ray: Callable[[], None] | None = None
+) -> dict[str, Any]:
     from orchestrator.data import pipeline, shards, tokenizer_training
     from orchestrator.data.readers import kind_columns
     from orchestrator.data.records import Encoder
@@ -346,7 +349,7 @@ def _build(plan: _Plan, out: Path, progress: _Progress) -> dict[str, Any]:
         Encoder(tokenizer, plan.kind, plan.text_field, plan.loss_on, cfg.seq_len)
         spec = _pipeline_spec(plan, tokenizer)
         sources = [(plan.source, False)] + ([(plan.eval_source, True)] if plan.eval_source else [])
-        _ensure_ray()
+        (start_ray or _ensure_ray)()
         totals = pipeline.run(
             sources,
             spec,
@@ -416,13 +419,15 @@ def prepare(
     return _prepare_planned(plan, out, progress)
 
 
-def _prepare_planned(plan: _Plan, out: Path, progress: _Progress) -> tuple[Path, bool]:
+def _prepare_planned(
+    plan: _Plan, out: Path, progress: _Progress, start_ray: Callable[[], None] | None = None
+) -> tuple[Path, bool]:
     if _reusable(out, plan) is not None:
         print(f"reusing {out}: its manifest matches the requested settings")
         return out, True
     _check_out_is_usable(out)
     try:
-        manifest = _build(plan, out, progress)
+        manifest = _build(plan, out, progress, start_ray)
     except FileExistsError:
         # Another process finished the same output first: fine if it matches, refused otherwise.
         if _reusable(out, plan) is not None:
@@ -438,12 +443,15 @@ def _prepare_planned(plan: _Plan, out: Path, progress: _Progress) -> tuple[Path,
     return out, False
 
 
-def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> Path:
+def ensure_prepared(
+    data_cfg: DataConfig, max_positions: int | None = None, start_ray: Callable[[], None] | None = None
+) -> Path:
     """The prepared dir for `data_cfg`: `data_cfg.source` itself when it is one (holds manifest.json),
     else `<data_cfg.cache_dir>/<hash of the settings>`, prepared now or reused from an earlier run.
 
     Returns an absolute path (Ray workers run in another cwd). `max_positions` (the model's) refuses a
-    seq_len the model cannot take. Raises `UserError`.
+    seq_len the model cannot take. `start_ray` starts Ray (sized for the caller's run) only when data
+    must be prepared: reused data starts none. Raises `UserError`.
     """
     source = Path(data_cfg.source).expanduser()
     if data_cfg.source != STDLIB and (source / MANIFEST).is_file():
@@ -471,7 +479,7 @@ def ensure_prepared(data_cfg: DataConfig, max_positions: int | None = None) -> P
             )
             check_prepared_shards(twin, read_manifest(twin))
             return twin.resolve()
-    out, reused = _prepare_planned(plan, out, progress)
+    out, reused = _prepare_planned(plan, out, progress, start_ray)
     if reused:
         check_prepared_shards(out, read_manifest(out))
     return out.resolve()

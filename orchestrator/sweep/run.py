@@ -120,9 +120,13 @@ def run_sweep(
     if not resume:
         init_sweep_dir(run_dir, base, settings)
     scaling = base.scaling
-    # Before the data: Ray Data prepares a corpus on this instance, sized for the trials' workers.
-    ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
-    prepared = _absolute(prepare_run(base, run_dir, verbose=verbose))
+
+    def start_ray() -> None:
+        ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
+
+    # Ray Data prepares a corpus on the sweep's own instance (started then, sized for the trials).
+    prepared = _absolute(prepare_run(base, run_dir, verbose=verbose, start_ray=start_ray))
+    start_ray()
     tune_dir = run_dir / TUNE_DIR
     restoring = resume and tune.Tuner.can_restore(str(tune_dir))
     concurrent = max_concurrent_trials(ray.cluster_resources(), base, settings.max_concurrent)

@@ -32,11 +32,15 @@ def run_training(
     run_dir = run_dir.resolve()
     preflight(config)  # reads small files only: a refused run writes nothing and starts no Ray
     check_run_dir(run_dir, config)
-    # Ray Data prepares a corpus, so Ray starts first, sized for this run's workers. Bad data is then
-    # refused before the run dir is written (the corrected command may reuse the same --run-dir).
     scaling = config.scaling
-    ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
-    prepared = prepare_run(config, run_dir, verbose=verbose)
+
+    def start_ray() -> None:
+        ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
+
+    # Ray Data prepares a corpus, so Ray starts then, sized for this run's workers; reused data starts
+    # none, and the checks below still come before Ray. Bad data is refused before the run dir is
+    # written (the corrected command may reuse the same --run-dir).
+    prepared = prepare_run(config, run_dir, verbose=verbose, start_ray=start_ray)
     resuming = prepare_run_dir(run_dir, config)
     if resuming:
         from orchestrator.train.checkpoint_check import check_checkpoints_fit
@@ -44,6 +48,7 @@ def run_training(
         check_checkpoints_fit(run_dir, prepared.loop_config)  # DeepSpeed would fail in a worker
     if faults:
         prepared = prepared.with_runtime(faults=faults)
+    start_ray()
     if echo:
         verb = "resuming" if resuming else "starting"
         print(
