@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from orchestrator.data.records import LOSS_ON
 from orchestrator.dotted import set_dotted, split_key
 from orchestrator.errors import ConfigError
 
@@ -34,11 +35,26 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
 
 
+# How `data.source` is read (orchestrator/data/sources.py); "auto" decides from the source itself.
+DATA_FORMATS = ("auto", "text", "jsonl", "json", "parquet", "hf")
+
+
 @dataclass
 class DataConfig:
-    # A prepared dir (holding manifest.json from `raydistill prepare-data`) or a corpus:
-    # a directory, a glob, or "stdlib" (the Python standard library's .py files).
+    # A prepared dir (holding manifest.json from `raydistill prepare-data`) or a corpus: a directory,
+    # a file, a glob, "stdlib" (the Python standard library's .py files), JSONL / JSON / Parquet files,
+    # or a Hugging Face dataset dir written by `datasets`' save_to_disk.
     source: str = "stdlib"
+    # auto, text (one document per file), jsonl, json, parquet or hf (see DATA_FORMATS).
+    format: str = "auto"
+    # The field (or column) holding a text record's document; chat records have "messages",
+    # prompt/completion records "prompt" and "completion".
+    text_field: str = "text"
+    # Which tokens are trained: auto (assistant turns for chat, the completion for pairs, all for
+    # text), all, assistant or completion.
+    loss_on: str = "auto"
+    # A separate eval set (same forms as `source`); null holds out `eval_fraction` of `source`.
+    eval_source: str | None = None
     # Tokenizer path or Hugging Face id; null trains a byte-level BPE of `vocab_size` on the corpus.
     tokenizer: str | None = None
     vocab_size: int = 4096
@@ -353,6 +369,15 @@ def validate(config: Config) -> None:
     _require(d.seq_len >= 8, "data.seq_len", d.seq_len, "must be >= 8")
     _require(0.0 < d.eval_fraction < 0.5, "data.eval_fraction", d.eval_fraction, "must be in (0, 0.5)")
     _require(d.max_files is None or d.max_files >= 1, "data.max_files", d.max_files, "must be >= 1 or null")
+    _require(d.format in DATA_FORMATS, "data.format", d.format, f"must be one of {list(DATA_FORMATS)}")
+    _require(bool(d.text_field.strip()), "data.text_field", d.text_field, "must name a field")
+    _require(d.loss_on in LOSS_ON, "data.loss_on", d.loss_on, f"must be one of {list(LOSS_ON)}")
+    _require(
+        d.eval_source is None or bool(d.eval_source.strip()),
+        "data.eval_source",
+        d.eval_source,
+        "must name a source or be null",
+    )
 
     dv = config.derive
     _require(dv.num_layers >= 1, "derive.num_layers", dv.num_layers, "must be >= 1")

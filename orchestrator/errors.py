@@ -28,3 +28,10 @@ class Interrupted(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class DataError(UserError):
+    """Bad data: a malformed record, a missing field, a chat the tokenizer cannot render.
+
+    One line naming where (`file:line`) and the field, so a user can find and fix the record.
+    """

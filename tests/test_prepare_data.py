@@ -20,7 +20,7 @@ from orchestrator.cli import main
 from orchestrator.config import DataConfig
 from orchestrator.data.corpus import stdlib_dir
 from orchestrator.data.prepare import ensure_prepared, read_manifest
-from orchestrator.data.shards import read_split, shuffle_rows
+from orchestrator.data.shards import read_split
 from orchestrator.data.tokenizer_training import tokenizer_hash
 from orchestrator.errors import UserError
 
@@ -137,56 +137,58 @@ def test_round_trip_decoded_shards_equal_the_packed_documents(prepared, corpus):
     assert len(tokenizer) == manifest["vocab_size"]
     assert tokenizer_hash(tokenizer) == manifest["tokenizer_hash"]
 
+    # Eval is written in packing order: doc, eos, doc, eos, ... cut at N * seq_len. Every piece before
+    # an eos is a whole document, byte for byte, and the piece after the last eos is the start of one.
     docs = _documents(corpus)
     unused = list(docs)
-    for split in ("train", "eval"):
-        ids = read_split(prepared / split)  # (N, seq_len)
-        assert ids.shape == (manifest[f"{split}_sequences"], SEQ_LEN)
-        if split == "train":
-            ids = _packing_order(ids, manifest["seed"])
-        flat = ids.reshape(-1)
-        # The stream is doc, eos, doc, eos, ... cut at N * seq_len: every piece before an eos is a whole
-        # document, byte for byte, and the piece after the last eos is the start of one.
-        cuts = np.flatnonzero(flat == tokenizer.eos_token_id)
-        starts = np.concatenate([[0], cuts + 1])
-        for start, end in zip(starts[:-1], cuts):
-            text = tokenizer.decode(flat[start:end].tolist(), skip_special_tokens=False)
-            assert text in unused, f"{split}: a packed piece is not one whole document: {text[:80]!r}"
-            unused.remove(text)
-        tail = tokenizer.decode(flat[starts[-1] :].tolist()).rstrip("\ufffd")  # may end mid-character
-        assert any(doc.startswith(tail) for doc in unused)
-        # And the whole split decodes to those documents joined by the eos text.
-        pieces = [tokenizer.decode(flat[s:e].tolist()) for s, e in zip(starts[:-1], cuts)]
-        whole = tokenizer.decode(flat.tolist(), skip_special_tokens=False).rstrip("\ufffd")
-        assert whole == "".join(p + "<|eos|>" for p in pieces) + tail
-    assert len(unused) <= 2  # at most the two cut-off tails (train and eval) are not whole
+    ids = read_split(prepared / "eval")  # (N, seq_len)
+    assert ids.shape == (manifest["eval_sequences"], SEQ_LEN)
+    flat = ids.reshape(-1)
+    cuts = np.flatnonzero(flat == tokenizer.eos_token_id)
+    starts = np.concatenate([[0], cuts + 1])
+    for start, end in zip(starts[:-1], cuts):
+        text = tokenizer.decode(flat[start:end].tolist(), skip_special_tokens=False)
+        assert text in unused, f"eval: a packed piece is not one whole document: {text[:80]!r}"
+        unused.remove(text)
+    tail = tokenizer.decode(flat[starts[-1] :].tolist()).rstrip("\ufffd")  # may end mid-character
+    assert any(doc.startswith(tail) for doc in unused)
+    pieces = [tokenizer.decode(flat[s:e].tolist()) for s, e in zip(starts[:-1], cuts)]
+    whole = tokenizer.decode(flat.tolist(), skip_special_tokens=False).rstrip("\ufffd")
+    assert whole == "".join(p + "<|eos|>" for p in pieces) + tail
+    eval_docs = [d for d in docs if d not in unused or tail and d.startswith(tail)]
+
+    # Train: exactly the rows of the other documents packed in file order (this corpus is one batch),
+    # stored in another order.
+    stored, packed = read_split(prepared / "train"), _train_packed(tokenizer, docs, eval_docs)
+    assert stored.shape == (manifest["train_sequences"], SEQ_LEN) == packed.shape
+    assert sorted(map(bytes, stored)) == sorted(map(bytes, packed))
 
 
-def _packed_index(count: int, seed: int) -> np.ndarray:
-    """Stored train row i is packed row `_packed_index(...)[i]`: the writer's seeded permutation."""
-    return shuffle_rows(np.arange(count)[:, None], seed)[:, 0]
+def _train_packed(tokenizer, docs: list[str], eval_docs: list[str]) -> np.ndarray:
+    from orchestrator.data.tokenizer_training import text_encoder
+
+    train = [d for d in docs if d not in eval_docs]
+    flat = np.concatenate(
+        [np.append(ids, tokenizer.eos_token_id) for ids in text_encoder(tokenizer).encode(train)]
+    )
+    return flat[: len(flat) // SEQ_LEN * SEQ_LEN].reshape(-1, SEQ_LEN).astype(np.int32)
 
 
-def _packing_order(rows: np.ndarray, seed: int) -> np.ndarray:
-    """Train rows as packed, before the seeded shuffle that wrote them."""
-    packed = np.empty_like(rows)
-    packed[_packed_index(len(rows), seed)] = rows
-    return packed
-
-
-def test_train_rows_are_stored_shuffled_so_steps_mix_documents(prepared):
+def test_train_rows_are_stored_shuffled_so_steps_mix_documents(prepared, corpus):
     # Readers stream the shards in order: stored in packing order, consecutive steps would train on
     # one document after another (the demo's teacher reached ppl 37.6 that way, 34.1 shuffled).
-    manifest = read_manifest(prepared)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared / "tokenizer"))
     stored = read_split(prepared / "train")
-    packed = _packing_order(stored, manifest["seed"])
-    assert sorted(map(bytes, stored)) == sorted(map(bytes, packed))  # the same rows, reordered
     # Packing order: a row mostly continues the previous row's document (no eos at its end).
-    assert np.mean(packed[:-1, -1] != manifest["eos_id"]) > 0.5
+    eval_text = tokenizer.decode(read_split(prepared / "eval").reshape(-1).tolist())
+    docs = _documents(corpus)
+    packed = _train_packed(tokenizer, docs, [d for d in docs if d in eval_text])
+    position = {bytes(row): i for i, row in enumerate(packed)}
+    where = np.array([position[bytes(row)] for row in stored])
     # Stored order: neighbours are almost never neighbouring pieces of the packed stream.
-    where = _packed_index(len(stored), manifest["seed"])
     assert np.sum(np.diff(where) == 1) < 0.05 * len(stored)
-    # The round trip above decodes `packed` back to whole documents, so the permutation is the writer's.
 
 
 def test_eos_text_inside_a_document_stays_text(prepared):
@@ -365,7 +367,9 @@ def test_cli_subprocess_exit_code_and_one_line_error(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert (
-        len(lines) == 1 and lines[0].startswith("raydistill: error: corpus") and "no files found" in lines[0]
+        len(lines) == 1
+        and lines[0].startswith("raydistill: error: data.source")
+        and "no files found" in lines[0]
     )
     assert "Traceback" not in result.stderr
 
@@ -434,7 +438,7 @@ def test_data_prepared_by_an_older_format_is_refused_untouched(prepared, corpus,
     error = _bad_run(
         capsys, ["prepare-data", "--corpus", str(corpus), "--out", str(old), "--train-tokenizer", VOCAB]
     )
-    assert "format_version 1, this raydistill reads 2; prepare the data again" in error, error
+    assert "format_version 1, this raydistill reads 3; prepare the data again" in error, error
     with pytest.raises(UserError, match="format_version 1"):
         ensure_prepared(DataConfig(source=str(old), seq_len=SEQ_LEN))
     assert _snapshot(old) == before
@@ -457,10 +461,10 @@ def test_progress_is_a_bar_on_a_terminal_and_stage_lines_in_a_log(corpus, tmp_pa
     text = stream.getvalue()
     # What stays on screen of each line: the text after its last carriage return.
     stages = [line.split("\r")[-1].strip() for line in text.split("\n") if line.strip()]
-    assert [line.split()[0] for line in stages] == ["read", "trained", "tokenized"], stages
-    assert f": {len(_documents(corpus))} documents" in stages[0]
+    assert [line.split()[0] for line in stages] == ["found", "trained", "tokenized"], stages
+    assert f"tokenized {len(_documents(corpus))} records" in stages[2] and "tokens/s" in stages[2]
     if tty:  # tqdm's bars, each cleared before its stage line
-        assert "reading corpus" in text and "training byte-level BPE tokenizer (vocab 300) ..." in text
-        assert "tokenizing" in text and " tok/s" in text and "doc/s" in text
+        assert "training byte-level BPE tokenizer (vocab 300) ..." in text
+        assert "tokenizing" in text and "tok/s" in text and "records" in text
     else:  # a log gets exactly the stage lines: no bar, no carriage return
         assert "\r" not in text and len(text.split("\n")) == 4  # three lines and the final newline

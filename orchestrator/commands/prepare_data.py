@@ -1,8 +1,10 @@
-"""`raydistill prepare-data`: corpus -> tokenizer + train/eval Parquet shards + manifest.json.
+"""`raydistill prepare-data`: a source -> tokenizer + train/eval Parquet shards + manifest.json.
 
     raydistill prepare-data --corpus stdlib --out data/stdlib --train-tokenizer 4096 --seq-len 128
+    raydistill prepare-data --corpus chats.jsonl --tokenizer <teacher> --out data/chat --loss-on assistant
 
-The work is done by orchestrator.data.prepare.
+The work is done by orchestrator.data.prepare, on Ray Data: the command starts (or joins) Ray as
+`raydistill train` does, once the cheap checks have passed.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from orchestrator.config import DataConfig
+from orchestrator.config import DATA_FORMATS, DataConfig
 from orchestrator.data.prepare import ROWS_PER_SHARD, prepare
+from orchestrator.data.records import LOSS_ON
 from orchestrator.errors import UserError
 
 
@@ -21,7 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--corpus",
         required=True,
         metavar="PATH|stdlib",
-        help="a directory (text files below it), a file, a glob, or 'stdlib' (the Python standard library)",
+        help="a directory (text files below it), a file, a glob, 'stdlib' (the Python standard library), "
+        "JSONL / JSON / Parquet files, or a dir written by datasets' save_to_disk",
+    )
+    parser.add_argument(
+        "--format", default=defaults.format, choices=DATA_FORMATS, help="how to read --corpus (%(default)s)"
+    )
+    parser.add_argument(
+        "--text-field", default=defaults.text_field, help="the field holding a text record (%(default)s)"
+    )
+    parser.add_argument(
+        "--loss-on",
+        default=defaults.loss_on,
+        choices=LOSS_ON,
+        help="trained tokens: auto = assistant turns (chat), the completion (pairs), all (text)",
+    )
+    parser.add_argument(
+        "--eval-source",
+        default=None,
+        metavar="PATH",
+        help="a separate eval set (default: hold out --eval-fraction)",
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="output dir (new, empty, or a matching earlier output)"
@@ -76,6 +98,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--max-files {args.max_files}: must be >= 1")
     if args.max_positions is not None and args.max_positions < 1:
         raise UserError(f"--max-positions {args.max_positions}: must be >= 1")
+    if not args.text_field.strip():
+        raise UserError("--text-field: must name a field")
     if args.rows_per_shard < 1:
         raise UserError(f"--rows-per-shard {args.rows_per_shard}: must be >= 1")
 
@@ -86,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     data_cfg = dataclasses.replace(
         defaults,
         source=args.corpus,
+        format=args.format,
+        text_field=args.text_field,
+        loss_on=args.loss_on,
+        eval_source=args.eval_source,
         tokenizer=args.tokenizer,
         vocab_size=args.train_tokenizer if args.train_tokenizer is not None else defaults.vocab_size,
         seq_len=args.seq_len,

@@ -1,10 +1,14 @@
-"""Packing token ids into fixed-length sequences, the train/eval split, Parquet shards and the manifest.
+"""The on-disk layout of prepared data (format v3), the staging dir, the manifest, and the small
+helpers (document split, packing, shard read/write) checks and tests use.
 
 On-disk layout of a prepared dir (what `ray.data.read_parquet(str(out / "train"))` reads):
 
     <out>/manifest.json              written last: a dir without it is not a prepared dir
     <out>/tokenizer/                 tokenizer.json + tokenizer_config.json (AutoTokenizer loads it)
-    <out>/train/part-00000.parquet   column `input_ids`: list<int32>, each row exactly seq_len ids
+    <out>/train/part-00000.parquet   columns (manifest "columns"):
+                                       input_ids       list<int32>, each row exactly seq_len ids
+                                       loss_mask       list<int8>, 1 = a trained target; absent = all
+                                       attention_mask  list<int8>, 0 at padding (chat/pair rows); absent = all 1
     <out>/eval/part-00000.parquet    same; only .parquet files in train/ and eval/
 
 The whole dir is built in a hidden staging dir beside `<out>` and renamed into place at the end, so an
@@ -29,8 +33,9 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import UserError
 
-# 2: train sequences are written in a seeded random order (1: packing order, document after document).
-FORMAT_VERSION = 2
+# 3: optional loss_mask / attention_mask columns, the source's identity and loss rule in the manifest;
+# written by Ray Data (2: train rows in a seeded random order; 1: packing order).
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 COLUMN = "input_ids"
 SPLITS = ("train", "eval")

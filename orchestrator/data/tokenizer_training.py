@@ -13,7 +13,7 @@ differ in eos. It is stable across save/load round trips, so the hash in a manif
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +24,38 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 # The BPE trainer gives special tokens the first ids, in this order: bos 0, eos 1, pad 2.
 SPECIAL_TOKENS = (BOS, EOS, PAD)
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+# A BPE for chat data also knows ChatML's turn markers (ids 3 and 4) and renders chats with ChatML;
+# `<|im_end|>` is its eos, as in Qwen's Instruct tokenizers: a chat student's generation stops at a turn's end.
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+CHATML_TOKENS = (IM_START, IM_END)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int) -> Any:
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Any:
     """A byte-level BPE `tokenizers.Tokenizer` trained on `texts` (deterministic for the same input).
 
     On a small corpus the vocabulary can stop short of `vocab_size` (no pair left to merge).
     """
+    return _train_bpe(texts, vocab_size, SPECIAL_TOKENS)
+
+
+def train_chat_bpe(texts: Sequence[str], vocab_size: int) -> Any:
+    """`train_bpe` for chat data: ChatML's `<|im_start|>`/`<|im_end|>` join the special tokens, and
+    `save_trained` then writes the ChatML chat template and makes `<|im_end|>` the eos."""
+    return _train_bpe(texts, vocab_size, SPECIAL_TOKENS + CHATML_TOKENS)
+
+
+def _train_bpe(texts: Sequence[str], vocab_size: int, special_tokens: tuple[str, ...]) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < MIN_VOCAB_SIZE:
+    minimum = 256 + len(special_tokens)
+    if vocab_size < minimum:
         raise UserError(
-            f"vocab size {vocab_size} is too small: need >= {MIN_VOCAB_SIZE} (256 bytes + 3 special)"
+            f"vocab size {vocab_size} is too small: need >= {minimum} "
+            f"(256 bytes + {len(special_tokens)} special)"
         )
     tokenizer = Tokenizer(models.BPE())
     # add_prefix_space=False: decode(encode(text)) == text, byte for byte.
@@ -43,17 +63,21 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> Any:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         # Every byte is in the vocabulary even if the corpus never uses it: no unknown tokens later.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer, length=len(texts))
+    # `texts` may be a stream (prepare-data reads the corpus file by file): no length then.
+    tokenizer.train_from_iterator(texts, trainer, length=len(texts) if hasattr(texts, "__len__") else None)
     return tokenizer
 
 
 def save_trained(tokenizer: Any, directory: str | Path) -> None:
-    """Write a trained `tokenizers.Tokenizer` as a directory `AutoTokenizer.from_pretrained` loads."""
+    """Write a trained `tokenizers.Tokenizer` as a directory `AutoTokenizer.from_pretrained` loads.
+
+    One from `train_chat_bpe` (it knows `<|im_start|>`) gets the ChatML template and `<|im_end|>` as eos.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -67,6 +91,9 @@ def save_trained(tokenizer: Any, directory: str | Path) -> None:
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,
     }
+    if tokenizer.token_to_id(IM_START) is not None:
+        config["eos_token"] = IM_END
+        config["chat_template"] = CHATML_TEMPLATE
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 

@@ -119,9 +119,14 @@ def run_sweep(
     preflight(base)  # reads small files only: a refused sweep writes no sweep dir
     if not resume:
         init_sweep_dir(run_dir, base, settings)
-    prepared = _absolute(prepare_run(base, run_dir, verbose=verbose))
     scaling = base.scaling
-    ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
+
+    def start_ray() -> None:
+        ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
+
+    # Ray Data prepares a corpus on the sweep's own instance (started then, sized for the trials).
+    prepared = _absolute(prepare_run(base, run_dir, verbose=verbose, start_ray=start_ray))
+    start_ray()
     tune_dir = run_dir / TUNE_DIR
     restoring = resume and tune.Tuner.can_restore(str(tune_dir))
     concurrent = max_concurrent_trials(ray.cluster_resources(), base, settings.max_concurrent)

@@ -79,26 +79,22 @@ def check_seq_len_fits(config: Config) -> None:
 
 
 def check_data_source(config: Config) -> None:
-    """A prepared dir: its manifest, seq_len and shards. A corpus dir, file or glob: at least one file."""
-    from orchestrator.data.corpus import STDLIB, resolve_files
-    from orchestrator.data.prepare import MANIFEST, ensure_prepared
+    """A prepared dir: its manifest, seq_len and shards. A source: its files listed (Parquet footers
+    read), its first record's fields and `data.loss_on` checked, for `data.eval_source` too."""
+    from orchestrator.data.prepare import MANIFEST, check_sources, ensure_prepared
 
     source = config.data.source
-    if source == STDLIB:
-        return
     path = Path(source).expanduser()
     if (path / MANIFEST).is_file():
         # A prepared dir is only read (manifest, seq_len, shard footers), never written, by this.
         ensure_prepared(config.data)
         return
     try:
-        _, root, files = resolve_files(source)
-    except UserError as exc:
-        raise UserError(f"data.source: {exc}") from None
-    if not files:
-        if path.is_dir() and (path / "train").is_dir():
-            raise UserError(f"data.source={source!r}: {path} has a train/ dir but no {MANIFEST}")
-        raise UserError(f"data.source={source!r}: no files found under {root} (an empty corpus)")
+        check_sources(config.data)
+    except UserError:
+        if path.is_dir() and (path / "train").is_dir():  # a prepared dir missing its manifest
+            raise UserError(f"data.source={source!r}: {path} has a train/ dir but no {MANIFEST}") from None
+        raise
 
 
 def preflight(config: Config) -> None:

@@ -24,23 +24,31 @@ def run_training(
     from orchestrator.train.preflight import preflight
     from orchestrator.train.ray_checkpoints import unregistered_checkpoints
     from orchestrator.train.ray_session import ensure_ray
-    from orchestrator.train.run_dir import prepare_run_dir
+    from orchestrator.train.run_dir import check_run_dir, prepare_run_dir
     from orchestrator.train.telemetry import MetricsCallback, shows_phases
     from orchestrator.train.trainer import STUDENT_DIR, build_trainer, prepare_run
     from orchestrator.train.worker_failure import NoRetryOnUserError, WorkerInputError, failure_message
 
     run_dir = run_dir.resolve()
-    preflight(config)  # reads small files only: a refused run writes nothing
+    preflight(config)  # reads small files only: a refused run writes nothing and starts no Ray
+    check_run_dir(run_dir, config)
+    scaling = config.scaling
+
+    def start_ray() -> None:
+        ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
+
+    # Ray Data prepares a corpus, so Ray starts then, sized for this run's workers; reused data starts
+    # none, and the checks below still come before Ray. Bad data is refused before the run dir is
+    # written (the corrected command may reuse the same --run-dir).
+    prepared = prepare_run(config, run_dir, verbose=verbose, start_ray=start_ray)
     resuming = prepare_run_dir(run_dir, config)
-    prepared = prepare_run(config, run_dir, verbose=verbose)
     if resuming:
         from orchestrator.train.checkpoint_check import check_checkpoints_fit
 
-        check_checkpoints_fit(run_dir, prepared.loop_config)  # before Ray: DeepSpeed would fail in a worker
+        check_checkpoints_fit(run_dir, prepared.loop_config)  # DeepSpeed would fail in a worker
     if faults:
         prepared = prepared.with_runtime(faults=faults)
-    scaling = config.scaling
-    ensure_ray(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu, verbose=verbose)
+    start_ray()
     if echo:
         verb = "resuming" if resuming else "starting"
         print(

@@ -39,6 +39,14 @@ def incompatible_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def prepare_run_dir(run_dir: Path, config: Config) -> bool:
     """Create or validate `run_dir`; write config.yaml. Returns True when resuming an earlier run."""
+    resuming = check_run_dir(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(config.to_yaml())
+    return resuming
+
+
+def check_run_dir(run_dir: Path, config: Config) -> bool:
+    """`prepare_run_dir`'s checks, writing nothing: True when `run_dir` holds this run to resume."""
     config_path = run_dir / CONFIG_FILE
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file, not a directory")
@@ -61,6 +69,4 @@ def prepare_run_dir(run_dir: Path, config: Config) -> bool:
         raise UserError(
             f"{run_dir} is not empty and holds no raydistill run (no {CONFIG_FILE}); use another --run-dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(config.to_yaml())
     return resuming

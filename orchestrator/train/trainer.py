@@ -35,11 +35,14 @@ class PreparedRun:
         return dataclasses.replace(self, runtime=dataclasses.replace(self.runtime, **changes))
 
 
-def prepare_run(config: Config, run_dir: Path, verbose: bool = False, announce: bool = True) -> PreparedRun:
+def prepare_run(
+    config: Config, run_dir: Path, verbose: bool = False, announce: bool = True, start_ray=None
+) -> PreparedRun:
     """Resolve data (preparing a corpus if needed) and everything workers need, on the driver. The
     inputs were checked first by `orchestrator.train.preflight.preflight` (train and sweep call it).
     `verbose` (`--verbose`) reaches the workers in their runtime; `announce=False` for a run already
-    prepared once by this command (its notes are printed once per run)."""
+    prepared once by this command (its notes are printed once per run). `start_ray` is called before
+    Ray Data prepares a corpus (not when prepared data is reused)."""
     from orchestrator.data.prepare import MANIFEST, ensure_prepared, read_manifest
     from orchestrator.train.data_models import default_tokenizer, run_tokenizer_spec
 
@@ -53,7 +56,7 @@ def prepare_run(config: Config, run_dir: Path, verbose: bool = False, announce: 
         if announce:
             print(f"raydistill: data.tokenizer not set: tokenising with the {key}'s tokenizer ({spec})")
         data_cfg = dataclasses.replace(data_cfg, tokenizer=spec)
-    data_dir = ensure_prepared(data_cfg, max_positions=max_positions)
+    data_dir = ensure_prepared(data_cfg, max_positions=max_positions, start_ray=start_ray)
     manifest = read_manifest(data_dir)
     tokenizer = run_tokenizer_spec(config, data_dir)
     if announce:
