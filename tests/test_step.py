@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from engine_configs import engine_config
 from tiny_llama import CE_ONLY, tiny_llama
 
+from workers.curriculum import COMPONENTS
+from workers.data import to_batch
 from workers.distill_loss import DistillationLoss
 from workers.engine import build_engine
 from workers.loss_config import CurriculumConfig, LossConfig
-from workers.step import train_step
+from workers.step import eval_pass, train_step
 
 WIDTH, LAYERS, VOCAB, SEQ = 32, 2, 128, 16
 TEMPERATURE = 2.0
@@ -23,7 +25,13 @@ KD_ONLY = {**CE_ONLY, "alpha_ce": 0.0, "alpha_kd": 1.0, "kd_temperature": TEMPER
 NO_CURRICULUM = {"enabled": False, "phase1_end": 0.0, "phase2_end": 0.0}
 
 
-def kd_engine(zero_stage: int, grad_accum: int = 2, grad_clip: float = 1.0, loss_cfg: dict = KD_ONLY):
+def kd_engine(
+    zero_stage: int,
+    grad_accum: int = 2,
+    grad_clip: float = 1.0,
+    loss_cfg: dict = KD_ONLY,
+    micro_batch_size: int = 1,
+):
     """A student engine (KD only by default: a mean over attention-mask tokens), its frozen teacher and
     a plain copy of the student's initial weights."""
     from workers.student_module import StudentWithLoss
@@ -40,7 +48,9 @@ def kd_engine(zero_stage: int, grad_accum: int = 2, grad_clip: float = 1.0, loss
     )
     reference = copy.deepcopy(student)  # plain torch copy, before DeepSpeed touches the module
     engine = build_engine(
-        StudentWithLoss(student, loss, "eager"), engine_config(zero_stage, grad_accum, grad_clip), 1
+        StudentWithLoss(student, loss, "eager"),
+        engine_config(zero_stage, grad_accum, grad_clip, micro_batch_size),
+        1,
     )
     return engine, teacher, reference
 
@@ -54,9 +64,10 @@ def micro_batch(real_tokens: int, seed: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def per_token_kd(student: torch.nn.Module, teacher: torch.nn.Module, batch) -> torch.Tensor:
-    """T^2 * KL(softmax(t/T) || softmax(s/T)) at each real token: (N,), plain torch."""
-    keep = batch["attention_mask"].bool()  # (1, T)
+def per_token_kd(student: torch.nn.Module, teacher: torch.nn.Module, batch, mask: str = "attention_mask"):
+    """T^2 * KL(softmax(t/T) || softmax(s/T)) at each position of `batch[mask]` (real tokens by
+    default): (N,), plain torch."""
+    keep = batch[mask].bool()  # (B, T)
     s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[keep]  # (N, V)
     with torch.no_grad():
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[keep]
@@ -261,3 +272,99 @@ def test_a_skipped_non_finite_step_leaves_weights_optimizer_state_and_lr_schedul
     assert after["state"]
     moved = max(float((x - y).abs().max()) for x, y in zip(before["weights"], after["weights"]))
     assert moved > 1e-4  # the healthy steps did train: the comparison is not between untouched models
+
+
+# ---------------------------------------------------------------- loss-masked batches (shard format v3)
+
+EVERY_PART = {**KD_ONLY, "alpha_ce": 0.3, "alpha_kd": 0.7, "alpha_feature": 1.0, "alpha_attention": 1.0}
+
+
+def masked_batch(seed: int, attended: int, trained: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """One row through `to_batch` as a v3 shard gives it: `attended` real tokens then padding (id 2),
+    tokens trained[0]..trained[1]-1 trained (a completion after its prompt), the rest not."""
+    ids = torch.randint(3, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(seed))  # (1, T)
+    positions = torch.arange(SEQ).unsqueeze(0)  # (1, T)
+    attention = (positions < attended).to(torch.int8)
+    loss_mask = ((positions >= trained[0]) & (positions < trained[1])).to(torch.int8)
+    ids = torch.where(attention.bool(), ids, torch.full_like(ids, 2))
+    return to_batch(ids.numpy(), loss_mask=loss_mask.numpy(), attention_mask=attention.numpy())
+
+
+def stacked(*batches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+
+
+def assert_close_gradients(got: dict, want: dict) -> None:
+    assert got and got.keys() == want.keys()
+    scale = max(float(g.abs().max()) for g in want.values())
+    worst = max(float((got[n] - want[n]).abs().max()) for n in got)
+    assert worst <= 1e-5 * scale, (worst, scale)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2], ids=lambda stage: f"zero{stage}")
+def test_loss_masked_accumulation_equals_one_big_batch(single_process_group, zero_stage):
+    """Every part on; micro-batch A is a padded prompt + 3-token completion (3 ce targets, 3 positions
+    for the other parts), B an unpadded row with 12 trained tokens: two accumulated micro-batches give
+    the gradient and the logged parts of one batch holding both rows."""
+    a, b = masked_batch(0, attended=7, trained=(4, 7)), masked_batch(1, attended=SEQ, trained=(3, 15))
+    assert [int(x["token_mask"].sum()) for x in (a, b)] == [3, 12]
+    accumulated, teacher, _ = kd_engine(zero_stage, grad_accum=2, grad_clip=0.0, loss_cfg=EVERY_PART)
+    big, big_teacher, _ = kd_engine(
+        zero_stage, grad_accum=1, grad_clip=0.0, loss_cfg=EVERY_PART, micro_batch_size=2
+    )
+    captured, expected = capture_window_gradients(accumulated), capture_window_gradients(big)
+
+    result = train_step(accumulated, teacher, [a, b], progress=0.5)
+    reference = train_step(big, big_teacher, [stacked(a, b)], progress=0.5)
+
+    assert not result.skipped and (result.tokens, result.trained) == (7 + SEQ, 3 + 12) == (
+        reference.tokens,
+        reference.trained,
+    )
+    assert_close_gradients(captured, expected)
+    for c in COMPONENTS:
+        assert result.metrics[f"loss/{c}/raw"] == pytest.approx(reference.metrics[f"loss/{c}/raw"], rel=1e-5)
+        assert result.metrics[f"loss/{c}/raw"] > 0
+
+
+def test_a_micro_batch_with_no_trained_target_adds_nothing_and_the_step_is_finite(single_process_group):
+    """A conversation truncated before its answer: no trained target. Its micro-batch weighs 0 in the
+    window (gradient and logged parts those of the other micro-batch alone); a window of only such
+    micro-batches is a finite, applied step with zero parts and zero gradients."""
+    empty = masked_batch(0, attended=7, trained=(0, 0))
+    b = masked_batch(1, attended=SEQ, trained=(3, 15))
+    assert int(empty["token_mask"].sum()) == 0 and int((empty["labels"] != -100).sum()) == 0
+    engine, teacher, _ = kd_engine(0, grad_accum=2, grad_clip=0.0, loss_cfg=EVERY_PART)
+    alone, alone_teacher, _ = kd_engine(0, grad_accum=1, grad_clip=0.0, loss_cfg=EVERY_PART)
+    captured, expected = capture_window_gradients(engine), capture_window_gradients(alone)
+
+    result = train_step(engine, teacher, [empty, b], progress=0.5)
+    reference = train_step(alone, alone_teacher, [b], progress=0.5)
+    assert not result.skipped and result.trained == 12
+    assert_close_gradients(captured, expected)
+    for key, value in reference.metrics.items():
+        assert result.metrics[key] == pytest.approx(value, rel=1e-5), key
+
+    captured.clear()
+    nothing = train_step(engine, teacher, [empty, empty], progress=0.5)
+    assert not nothing.skipped and nothing.nonfinite == [] and nothing.trained == 0
+    assert all(v == 0.0 for k, v in nothing.metrics.items() if not k.endswith("/weight"))
+    assert captured and all(bool((g == 0).all()) for g in captured.values())
+
+
+def test_eval_counts_the_same_masked_tokens_as_training(single_process_group):
+    """Eval's parts and its plain CE run over the loss mask's tokens: at the same weights they equal the
+    train step's parts on the same batches, and eval/ce is the CE of the trained targets alone."""
+    a, b = masked_batch(0, attended=7, trained=(4, 7)), masked_batch(1, attended=SEQ, trained=(3, 15))
+    engine, teacher, reference = kd_engine(0, grad_accum=2, grad_clip=0.0, loss_cfg=EVERY_PART)
+    evaluated = eval_pass(engine, teacher, [a, b], progress=0.5)
+    trained = train_step(engine, teacher, [a, b], progress=0.5).metrics  # parts from the same weights
+
+    for c in COMPONENTS:
+        assert evaluated[f"eval/{c}/raw"] == pytest.approx(trained[f"loss/{c}/raw"], rel=1e-5), c
+    with torch.no_grad():
+        ce = torch.cat([per_token_ce(reference, teacher, a), per_token_ce(reference, teacher, b)])  # (15,)
+        kd = torch.cat([per_token_kd(reference, teacher, x, mask="token_mask") for x in (a, b)])  # (15,)
+    assert ce.numel() == kd.numel() == 15
+    assert evaluated["eval/ce"] == pytest.approx(float(ce.mean()), rel=1e-5)
+    assert evaluated["eval/kd/raw"] == pytest.approx(float(kd.mean()), rel=1e-5)

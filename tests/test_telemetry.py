@@ -127,6 +127,14 @@ def test_tokens_per_second_shown():
     assert "1,234 tok/s" in progress_line(record(), None)
 
 
+def test_the_trained_share_is_shown_only_below_all_tokens():
+    assert "trained" not in progress_line(record(trained_share=1.0), None)
+    assert "trained" not in progress_line(record(), None)  # records from before the metric
+    assert "1,234 tok/s (37% trained)" in progress_line(record(trained_share=0.3749), None)
+    # Floored: a share just under 100% must not read as every token.
+    assert "(99% trained)" in progress_line(record(trained_share=0.997), None)
+
+
 def test_phase_announcement_gives_the_new_weights():
     text = phase_announcement(record(step=30, phase=2, **{"loss/feature/weight": 0.05}))
     assert "in phase 2 at step 30" in text

@@ -86,6 +86,7 @@ def table_weights(progress: float) -> dict[str, float]:
 
 
 STATIC_KEYS = {"step", "max_steps", "progress", "phase", "lr", "tokens_per_s", "nonfinite_skipped"}
+STATIC_KEYS |= {"tokens_trained", "trained_share"}
 STATIC_KEYS |= {"student_params", "teacher_params", "world_size"}
 PARTS = {f"/{c}/{kind}" for c in COMPONENTS for kind in ("raw", "weight", "scaled")} | {"/total"}
 TRAIN_KEYS = STATIC_KEYS | {f"loss{part}" for part in PARTS}
@@ -116,6 +117,9 @@ def test_zero2_run_reports_every_step_with_a_consistent_ledger(zero2_run, tiny_d
     assert [r["phase"] for r in records] == [1] * 4 + [2] * 4 + [3] * 4
     assert {(r["max_steps"], r["world_size"], r["nonfinite_skipped"]) for r in records} == {(12, 2, 0)}
     assert [r["lr"] for r in records] == pytest.approx(scheduled_lrs(config, 12), rel=1e-9, abs=0)
+    # Packed text: every token is a label; 2 workers x 4 sequences x 64 tokens a step.
+    assert [r["tokens_trained"] for r in records] == [512 * s for s in range(1, 13)]
+    assert {r["trained_share"] for r in records} == {1.0}
     assert_ledger_consistent(records)
     for r in records:
         expected = table_weights(r["progress"])
@@ -262,6 +266,8 @@ def test_worker_sigkilled_restarts_from_checkpoint_and_matches_uninterrupted_run
     assert [r["step"] for r in records] == list(range(1, 13))
     resumed = {r["step"]: r for r in records}
     for step in range(1, 13):
+        # The count restored from the step-6 checkpoint carries on: steps 7-8 are not counted twice.
+        assert resumed[step]["tokens_trained"] == uninterrupted[step]["tokens_trained"], step
         for key in ("loss/total", "loss/ce/raw", "loss/kd/raw", "loss/feature/raw", "lr"):
             assert math.isclose(resumed[step][key], uninterrupted[step][key], rel_tol=1e-5, abs_tol=1e-7), (
                 step,

@@ -30,6 +30,7 @@ class TrainingPosition:
     step: int = 0
     data: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "consumed": 0})
     nonfinite_skipped: int = 0
+    tokens_trained: int = 0  # label tokens of every applied step, all ranks (the same on each)
 
 
 def _tag(step: int) -> str:
@@ -82,6 +83,7 @@ def saved_checkpoint(engine, position: TrainingPosition, config: dict[str, Any],
                 "progress": position.step / max_steps,
                 "max_steps": max_steps,
                 "nonfinite_skipped": position.nonfinite_skipped,
+                "tokens_trained": position.tokens_trained,
                 "tag": _tag(position.step),
                 # Lets the driver refuse, before any worker starts, a model this checkpoint cannot load into.
                 "param_shapes": parameter_shapes(engine.module),
@@ -108,7 +110,11 @@ def restore(engine, checkpoint, rank: int) -> TrainingPosition:
         # Keep the directory alive until every rank has read it (it may be a shared download).
         barrier()
     return TrainingPosition(
-        step=int(state["step"]), data=data, nonfinite_skipped=int(state["nonfinite_skipped"])
+        step=int(state["step"]),
+        data=data,
+        nonfinite_skipped=int(state["nonfinite_skipped"]),
+        # Checkpoints written before the count existed restart it at 0.
+        tokens_trained=int(state.get("tokens_trained", 0)),
     )
 
 

@@ -13,14 +13,68 @@ from typing import Any
 import numpy as np
 import torch
 
-Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T), labels (B, T)
+# input_ids (B, T), attention_mask (B, T), labels (B, T), token_mask (B, T): see `to_batch`.
+Batch = dict[str, torch.Tensor]
+# Shard format v3's optional per-token columns (orchestrator/data/shards.py), read beside input_ids.
+MASK_COLUMNS = ("loss_mask", "attention_mask")
+IGNORE_INDEX = -100
 
 
-def to_batch(input_ids: Any, device: torch.device | str = "cpu") -> Batch:
-    """Packed sequences carry no padding: every token is attended and is its own label."""
-    ids = torch.as_tensor(np.stack(list(input_ids)) if input_ids.dtype == object else input_ids)
-    ids = ids.to(device=device, dtype=torch.long)  # (B, T)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+def _stacked(column: Any) -> np.ndarray:
+    """A list column as Ray Data's numpy batches give it (an object array of (T,) arrays, or already
+    (B, T)) -> (B, T)."""
+    return np.stack(list(column)) if column.dtype == object else np.asarray(column)
+
+
+def to_batch(
+    input_ids: Any,
+    device: torch.device | str = "cpu",
+    loss_mask: Any | None = None,
+    attention_mask: Any | None = None,
+) -> Batch:
+    """One micro-batch from a shard's columns, each (B, T) or an object array of B (T,) rows.
+
+    attention_mask: the column, else all ones (packed text carries no padding).
+    labels[t] = input_ids[t] where the token is a trained target (loss_mask 1, or no loss_mask column)
+        and attended, else -100; ce shifts them (logits[t] predict labels[t + 1]).
+    token_mask: the positions kd / feature / attention average over. With a loss_mask, position t
+        counts iff its target t + 1 is trained (labels[t + 1] != -100; 0 at t = T - 1), so every part
+        sees the same tokens as ce. Without one, the attention mask, as for packed text.
+    """
+    ids = torch.as_tensor(_stacked(input_ids)).to(device=device, dtype=torch.long)  # (B, T)
+    masks = {}
+    for name, column in (("loss_mask", loss_mask), ("attention_mask", attention_mask)):
+        if column is not None:
+            mask = torch.as_tensor(_stacked(column)).to(device=device, dtype=torch.long)  # (B, T)
+            if mask.shape != ids.shape:
+                raise ValueError(f"{name} rows are {tuple(mask.shape)}, input_ids rows {tuple(ids.shape)}")
+            masks[name] = mask
+    attended = masks.get("attention_mask", torch.ones_like(ids))
+    trained = attended.bool() if loss_mask is None else attended.bool() & masks["loss_mask"].bool()
+    labels = torch.where(trained, ids, torch.full_like(ids, IGNORE_INDEX))
+    if loss_mask is None:
+        token_mask = attended.clone()
+    else:
+        token_mask = torch.zeros_like(ids)
+        token_mask[:, :-1] = trained[:, 1:].long()  # (B, T-1): position t predicts the target t + 1
+    return {"input_ids": ids, "attention_mask": attended, "labels": labels, "token_mask": token_mask}
+
+
+def from_columns(columns: dict[str, Any], device: torch.device | str = "cpu") -> Batch:
+    """`to_batch` of a Ray Data numpy batch: input_ids and whichever mask columns the shards hold."""
+    return to_batch(columns["input_ids"], device, *(columns.get(name) for name in MASK_COLUMNS))
+
+
+def token_mask(batch: Batch) -> torch.Tensor:
+    """(B, T) positions kd / feature / attention count; a batch built without one (a test's, a bench's)
+    counts its attention mask."""
+    mask = batch.get("token_mask")
+    return batch["attention_mask"] if mask is None else mask
+
+
+def trained_tokens(batch: Batch) -> int:
+    """Label tokens (targets that are trained), the figure behind the `tokens_trained` metric."""
+    return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 class TrainBatches:
@@ -44,7 +98,7 @@ class TrainBatches:
             local_shuffle_buffer_size=max(4 * self._micro_batch_size, 64),
             local_shuffle_seed=self._seed + self.epoch,
         )
-        return (to_batch(b["input_ids"], self._device) for b in batches)
+        return (from_columns(b, self._device) for b in batches)
 
     def __next__(self) -> Batch:
         if self._iterator is None:
@@ -88,18 +142,24 @@ def eval_batches(
     whole epoch is consumed so Ray Data's split coordinator is never left mid-epoch."""
     wanted = max_batches * micro_batch_size
     stride = max(1, (shard_sequences or 0) // wanted)
-    rows: list[np.ndarray] = []  # (T,) each
-    seen = 0
+    rows: dict[str, list[np.ndarray]] = {}  # column -> picked (T,) rows
+    taken = seen = 0
     # Read in large blocks (the whole shard is read anyway); keep every stride-th sequence.
     for b in shard.iter_batches(batch_size=EVAL_READ_BATCH, batch_format="numpy", drop_last=False):
-        ids = b["input_ids"]  # (b, T)
-        offsets = np.arange(seen, seen + len(ids))  # (b,) shard positions
-        picked = ids[offsets % stride == 0][: wanted - len(rows)]  # (k, T)
-        rows.extend(picked)
-        seen += len(ids)
-    if not rows:
+        count = len(b["input_ids"])
+        offsets = np.arange(seen, seen + count)  # (b,) shard positions
+        picked = np.flatnonzero(offsets % stride == 0)[: wanted - taken]  # (k,) indices in this block
+        for name in ("input_ids", *MASK_COLUMNS):
+            if name in b:
+                rows.setdefault(name, []).extend(b[name][picked])
+        taken += len(picked)
+        seen += count
+    if not taken:
         raise RuntimeError("this worker's eval shard is empty; raise data.eval_fraction or use fewer workers")
     return [
-        to_batch(np.stack(rows[start : start + micro_batch_size]), device)
-        for start in range(0, len(rows), micro_batch_size)
+        from_columns(
+            {name: np.stack(column[start : start + micro_batch_size]) for name, column in rows.items()},
+            device,
+        )
+        for start in range(0, taken, micro_batch_size)
     ]

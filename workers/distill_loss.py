@@ -198,6 +198,7 @@ class DistillationLoss(nn.Module):
         labels: Tensor,
         attention_mask: Tensor | None,
         progress: float,
+        token_mask: Tensor | None = None,
     ) -> LossBreakdown:
         """Compute the weighted loss at `progress`.
 
@@ -206,9 +207,11 @@ class DistillationLoss(nn.Module):
                 `.hidden_states` (tuple of L+1 (B, T, H)), `.attentions` (tuple of L (B, heads, T, T)).
                 Only the fields a nonzero component needs are read; teacher_out may be None when
                 ce is the only nonzero component.
-            labels: (B, T) input ids, ignore_index at padding (the caller's job).
-            attention_mask: (B, T), 1 = real token; the token mask of kd, feature and attention.
+            labels: (B, T) input ids, ignore_index at padding and untrained tokens (the caller's job).
+            attention_mask: (B, T), 1 = real token; the token mask when `token_mask` is None.
             progress: step / total_steps in [0, 1].
+            token_mask: (B, T), 1 = kd, feature and attention count this position (with a loss mask:
+                those whose next-token target is trained, `workers.data.to_batch`); None = attention_mask.
         """
         weights = self.weights(progress)
         computed = [name for name in COMPONENTS if weights[name] > 0]
@@ -217,7 +220,9 @@ class DistillationLoss(nn.Module):
                 f"teacher_out is None but components {[n for n in computed if n in _TEACHER_COMPONENTS]} "
                 f"have weight > 0 at progress {progress!r}"
             )
-        mask = None if attention_mask is None else attention_mask.bool()
+        if token_mask is None:
+            token_mask = attention_mask
+        mask = None if token_mask is None else token_mask.bool()
 
         raw: dict[str, Tensor] = {}
         if "ce" in computed or "kd" in computed:
@@ -248,12 +253,13 @@ class DistillationLoss(nn.Module):
             total = student_out.logits.sum() * 0.0
         return LossBreakdown(total=total, raw=raw, weights=weights, scaled=scaled)
 
-    def token_counts(self, labels: Tensor, attention_mask: Tensor | None) -> dict[str, int]:
+    def token_counts(self, labels: Tensor, token_mask: Tensor | None) -> dict[str, int]:
         """Per component, how many tokens its mean runs over: ce over its shifted targets (one fewer
-        per row, fewer where labels are ignore_index), the others over the attention mask's tokens.
-        Weight each micro-batch's part by these to normalise by tokens over an accumulation window."""
+        per row, fewer where labels are ignore_index), the others over the token mask's positions (the
+        `token_mask` forward gets, or its attention mask). Weight each micro-batch's part by these to
+        normalise by tokens over an accumulation window."""
         ce = int(ce_targets(labels, self.ignore_index).sum())
-        masked = int(attention_mask.sum()) if attention_mask is not None else int(labels.numel())
+        masked = int(token_mask.bool().sum()) if token_mask is not None else int(labels.numel())
         return {name: ce if name == "ce" else masked for name in COMPONENTS}
 
     def _feature(self, student_out: Any, teacher_out: Any, mask: Tensor | None) -> Tensor:

@@ -141,13 +141,14 @@ class TrainingLoop:
         window = worker.train_iter.window(int(self.train["grad_accum"]))
         result = train_step(worker.engine, worker.teacher, window, progress)
         worker.faults.after_step()
-        self.window.add(result.tokens)
+        self.window.add(result.tokens, result.trained)
         if result.skipped:
             worker.position.nonfinite_skipped += 1
             self.nonfinite_streak += 1
         else:
             self.nonfinite_streak = 0
             self.averager.add(result.metrics)
+            worker.position.tokens_trained += result.trained  # a skipped step trained on nothing
         return result
 
     def record(self, step: int, progress: float, result: StepResult, with_eval: bool) -> dict[str, Any]:
@@ -159,6 +160,8 @@ class TrainingLoop:
             phase=worker.loss.schedule.phase(progress),
             lr=float(worker.engine.optimizer.param_groups[0]["lr"]),
             tokens_per_s=self.window.tokens_per_s(),
+            tokens_trained=worker.position.tokens_trained,
+            trained_share=self.window.trained_share(),
             nonfinite_skipped=worker.position.nonfinite_skipped,
             result=result,
             static=worker.static,

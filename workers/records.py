@@ -39,20 +39,25 @@ class TrainRawAverager:
 
 
 class ThroughputWindow:
-    """Tokens trained since the last logged step, and the time they took."""
+    """Tokens trained since the last logged step, the time they took, and how many were label tokens."""
 
     def __init__(self) -> None:
         self.reset()
 
-    def add(self, tokens: int) -> None:
+    def add(self, tokens: int, trained: int) -> None:
         self.tokens += tokens
+        self.trained += trained
 
     def tokens_per_s(self) -> float:
         elapsed = time.perf_counter() - self.start
         return self.tokens / elapsed if elapsed > 0 else 0.0
 
+    def trained_share(self) -> float:
+        """Label tokens over attended tokens: 1.0 for packed text, the loss mask's share for chat data."""
+        return self.trained / self.tokens if self.tokens > 0 else 0.0
+
     def reset(self) -> None:
-        self.tokens, self.start = 0, time.perf_counter()
+        self.tokens, self.trained, self.start = 0, 0, time.perf_counter()
 
 
 def step_record(
@@ -62,13 +67,17 @@ def step_record(
     phase: int,
     lr: float,
     tokens_per_s: float,
+    tokens_trained: int,
+    trained_share: float,
     nonfinite_skipped: int,
     result: StepResult,
     static: dict[str, int],
     stop_at: int,
 ) -> dict[str, Any]:
     """The record of step `step` (1-based), trained at `progress`; a prefix run (`stop_at` before
-    `max_steps`) also names where it stops, for the progress line's eta."""
+    `max_steps`) also names where it stops, for the progress line's eta. `tokens_trained`: label tokens
+    of every applied step so far, all workers; `trained_share`: label tokens over attended tokens since
+    the last logged step."""
     record: dict[str, Any] = {
         "step": step,
         "max_steps": max_steps,
@@ -76,6 +85,8 @@ def step_record(
         "phase": phase,
         "lr": lr,
         "tokens_per_s": tokens_per_s,
+        "tokens_trained": tokens_trained,
+        "trained_share": trained_share,
         "nonfinite_skipped": nonfinite_skipped,
         **result.metrics,
         **static,

@@ -1,7 +1,7 @@
 """One optimizer step and one eval pass of the distillation loop, usable inside or outside Ray.
 
 Token normalisation: every part of a micro-batch's loss is a mean over its own tokens (ce over its
-shifted targets, the others over the attention mask); for backward each part is weighted by the
+shifted trained targets, the others over the batch's token mask, `workers.data.to_batch`); for backward each part is weighted by the
 micro-batch's share of that part's tokens in the whole accumulation window across ranks, so masks of
 different sizes do not change the gradient. Logged values stay per-token means.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workers.curriculum import COMPONENTS
-from workers.data import Batch
+from workers.data import Batch, token_mask, trained_tokens
 from workers.dist import all_reduce_sum, any_rank, world_size
 from workers.student_module import LossMode, StudentLoss, model_outputs
 
@@ -28,6 +28,7 @@ from workers.student_module import LossMode, StudentLoss, model_outputs
 class StepResult:
     metrics: dict[str, float]  # token-weighted means over micro-batches and ranks
     tokens: int  # tokens in the window, all ranks
+    trained: int = 0  # of those, label tokens (trained targets), all ranks
     skipped: bool = False
     nonfinite: list[str] = field(default_factory=list)
 
@@ -54,6 +55,7 @@ def _student_loss(engine, batch: Batch, teacher_out, progress: float, mode: Loss
         teacher_out=teacher_out,
         progress=progress,
         mode=mode,
+        token_mask=batch.get("token_mask"),
     )
 
 
@@ -128,10 +130,11 @@ def train_step(
     engine, teacher: torch.nn.Module, micro_batches: Sequence[Batch], progress: float
 ) -> StepResult:
     loss = engine.module.loss
-    counts = [loss.token_counts(b["labels"], b["attention_mask"]) for b in micro_batches]
+    counts = [loss.token_counts(b["labels"], token_mask(b)) for b in micro_batches]
     local_tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
-    *window_counts, window_tokens = all_reduce_sum(
-        [float(sum(n[c] for n in counts)) for c in COMPONENTS] + [float(local_tokens)]
+    local_trained = sum(trained_tokens(b) for b in micro_batches)
+    *window_counts, window_tokens, window_trained = all_reduce_sum(
+        [float(sum(n[c] for n in counts)) for c in COMPONENTS] + [float(local_tokens), float(local_trained)]
     )
     window = dict(zip(COMPONENTS, window_counts))
     per_batch, bad_components = [], []
@@ -155,7 +158,11 @@ def train_step(
             engine.step()
     metrics = reduce_token_weighted(per_batch, "loss") if not bad_components else {}
     return StepResult(
-        metrics, int(window_tokens), skipped=bool(bad_components), nonfinite=sorted(set(bad_components))
+        metrics,
+        int(window_tokens),
+        int(window_trained),
+        skipped=bool(bad_components),
+        nonfinite=sorted(set(bad_components)),
     )
 
 
@@ -172,9 +179,7 @@ def eval_pass(
             breakdown, plain_ce = _student_loss(engine, batch, teacher_out, progress, LossMode.EVAL)
             metrics = breakdown.to_metrics("eval")
             metrics["eval/ce"] = float(plain_ce)
-            per_batch.append(
-                (metrics, engine.module.loss.token_counts(batch["labels"], batch["attention_mask"]))
-            )
+            per_batch.append((metrics, engine.module.loss.token_counts(batch["labels"], token_mask(batch))))
     finally:
         engine.train()
     metrics = reduce_token_weighted(per_batch, "eval")

@@ -108,9 +108,12 @@ class StudentWithLoss(torch.nn.Module):
         teacher_out,
         progress: float,
         mode: LossMode = LossMode.TRAIN,
+        token_mask: torch.Tensor
+        | None = None,  # (B, T) positions kd/feature/attention count; None = attention_mask
     ) -> StudentLoss:
         """The loss at `progress` in `mode` (see `LossMode`). Every mode runs here, inside the
-        engine's forward, where ZeRO-3 has gathered the parameters."""
+        engine's forward, where ZeRO-3 has gathered the parameters. The model sees `attention_mask`;
+        the loss counts `labels` (ce) and `token_mask` (the other parts)."""
         if mode is LossMode.ZERO_SURROGATE:
             # Logits-only forward; `nan_to_num`'s backward masks non-finite positions, so no
             # non-finite value reaches the gradients.
@@ -120,7 +123,7 @@ class StudentWithLoss(torch.nn.Module):
         student_out = model_outputs(self.student, input_ids, attention_mask, request, self.base_attention)
         # `.forward`, not `__call__`: the breakdown is a dataclass, which ZeRO-3's module hooks cannot
         # walk to register backward hooks; the projectors inside are still called as modules (hooked).
-        breakdown = self.loss.forward(student_out, teacher_out, labels, attention_mask, progress)
+        breakdown = self.loss.forward(student_out, teacher_out, labels, attention_mask, progress, token_mask)
         if mode is LossMode.EVAL:
             plain_ce = (
                 breakdown.raw["ce"] if "ce" in breakdown.raw else self.loss.ce(student_out.logits, labels)

@@ -9,6 +9,7 @@ checkpoint; records at or past such a step are dropped from the file first, so e
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -73,6 +74,9 @@ def progress_line(record: dict[str, Any], eta_s: float | None, phases: bool = Tr
         line += f" | eval ppl {fmt(record['eval/ppl'])} ratio {fmt(record.get('eval_train_ratio'))}"
     # Scientific notation: a warm-up lr of 7.96e-6 must not print as 0.00.
     line += f" | lr {record['lr']:.2e} | {record.get('tokens_per_s', 0):,.0f} tok/s"
+    share = record.get("trained_share", 1.0)
+    if share < 1.0:  # a loss mask (chat, completions, padding): say how much of that carries a loss
+        line += f" ({math.floor(100 * share)}% trained)"  # floored: 99.7% must not read as all
     if record.get("nonfinite_skipped"):
         line += f" | skipped {record['nonfinite_skipped']}"
     if eta_s is not None:
