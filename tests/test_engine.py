@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_configs import engine_config as shared_engine_config
 from tiny_llama import ce_module, tiny_llama
 
 from workers.engine import build_engine
@@ -15,27 +16,7 @@ WIDTH, LAYERS, VOCAB = 32, 2, 128
 
 def engine_config(zero_stage: int) -> dict:
     """The parts of a run config `build_engine` reads: a CE-only fp32 run on one CPU worker."""
-    return {
-        "train": {
-            "seed": 0,
-            "max_steps": 10,
-            "micro_batch_size": 2,
-            "grad_accum": 1,
-            "lr": 1e-2,
-            "min_lr_ratio": 0.1,
-            "warmup_steps": 1,
-            "weight_decay": 0.01,
-            "grad_clip": 1.0,
-        },
-        "deepspeed": {
-            "zero_stage": zero_stage,
-            "precision": "fp32",
-            "offload_optimizer": False,
-            "offload_param": False,
-            "teacher_zero3": False,
-        },
-        "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1.0},
-    }
+    return shared_engine_config(zero_stage, micro_batch_size=2, warmup_steps=1)
 
 
 def ce_engine(zero_stage: int, fused_optimizer: bool):
